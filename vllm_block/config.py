@@ -1,0 +1,222 @@
+"""`BlockTransformerConfig`: every default of the architecture, once.
+
+A Block Transformer has two GPT-NeoX decoders. Their hyper-parameters live
+in flat fields prefixed `block_` and `token_` (e.g. `block_hidden_size`,
+`token_num_attention_heads`), so the config stays a plain Hugging Face
+`config.json` that every tool can read. The serving alignment rule also lives
+here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+MODEL_TYPE = "block_transformer"
+ARCHITECTURE = "BlockTransformerForCausalLM"
+
+# EleutherAI/pythia-410m-deduped: the base config both decoders of the
+# original code start from before their yaml overrides are applied.
+DECODER_DEFAULTS: dict[str, Any] = {
+    "num_hidden_layers": 24,
+    "hidden_size": 1024,
+    "num_attention_heads": None,  # derived from hidden_size, see below
+    "intermediate_size": None,  # 4 * hidden_size
+    "rotary_pct": 0.25,
+    "rotary_emb_base": 10000.0,
+    "layer_norm_eps": 1e-5,
+    "use_parallel_residual": True,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 2048,
+}
+DECODERS = ("block", "token")
+SUPPORTED_ACTIVATIONS = ("gelu",)
+
+
+def default_num_attention_heads(hidden_size: int) -> int:
+    """Head count the original code uses when the yaml leaves it out."""
+    if hidden_size <= 256:
+        return max(1, hidden_size // 32)
+    if hidden_size <= 1536:
+        return hidden_size // 64
+    return hidden_size // 128
+
+
+# ---------------------------------------------------------------------------
+# The serving alignment: block_length - 1 virtual pad tokens precede every
+# prompt, so real token p sits at padded index p + L - 1 and token 0 closes
+# block 0. Everything that maps tokens to blocks uses these three functions.
+# ---------------------------------------------------------------------------
+def padded_index(position: Any, block_length: int) -> Any:
+    """Index of real token `position` in the virtually padded sequence."""
+    return position + block_length - 1
+
+
+def index_in_block(position: Any, block_length: int) -> Any:
+    """In-block index (0..L-1) of real token `position`; L-1 closes a block."""
+    return padded_index(position, block_length) % block_length
+
+
+def num_complete_blocks(num_tokens: Any, block_length: int) -> Any:
+    """Complete blocks among the first `num_tokens` real tokens."""
+    return padded_index(num_tokens, block_length) // block_length
+
+
+class BlockTransformerConfig(PretrainedConfig):
+    """Hyper-parameters of a Block Transformer (Ho et al., 2024).
+
+    `prefix_length` is the original `expansion_ratio`: how many prefix
+    vectors the token decoder gets from the previous block's context.
+    `max_position_embeddings` counts real tokens (the serving limit).
+    The generic `hidden_size`, `num_attention_heads` and `num_hidden_layers`
+    alias the token decoder, whose output feeds the LM head.
+    """
+
+    model_type = MODEL_TYPE
+    attribute_map = {
+        "hidden_size": "token_hidden_size",
+        "num_attention_heads": "token_num_attention_heads",
+        "num_hidden_layers": "token_num_hidden_layers",
+        "intermediate_size": "token_intermediate_size",
+    }
+
+    def __init__(
+        self,
+        block_length: int = 4,
+        prefix_length: int = 2,
+        vocab_size: int = 50304,
+        embedder_hidden_size: int | None = None,
+        max_position_embeddings: int = 2048,
+        pad_token_id: int = 0,
+        bos_token_id: int = 0,
+        eos_token_id: int = 0,
+        tie_word_embeddings: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.block_length = block_length
+        self.prefix_length = prefix_length
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        for dec in DECODERS:
+            for key, default in DECODER_DEFAULTS.items():
+                setattr(self, f"{dec}_{key}", kwargs.pop(f"{dec}_{key}", default))
+            hidden = getattr(self, f"{dec}_hidden_size")
+            if getattr(self, f"{dec}_num_attention_heads") is None:
+                setattr(self, f"{dec}_num_attention_heads",
+                        default_num_attention_heads(hidden))
+            if getattr(self, f"{dec}_intermediate_size") is None:
+                setattr(self, f"{dec}_intermediate_size", 4 * hidden)
+        if embedder_hidden_size is None and isinstance(block_length, int) \
+                and block_length > 0:
+            embedder_hidden_size = self.block_hidden_size // block_length
+        self.embedder_hidden_size = embedder_hidden_size
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate()
+
+    # -- derived sizes ------------------------------------------------------
+    def decoder(self, name: str) -> dict[str, Any]:
+        """The GPT-NeoX hyper-parameters of decoder `name` ("block"/"token")."""
+        return {k: getattr(self, f"{name}_{k}") for k in DECODER_DEFAULTS}
+
+    def head_dim(self, name: str) -> int:
+        d = self.decoder(name)
+        return d["hidden_size"] // d["num_attention_heads"]
+
+    def rotary_dim(self, name: str) -> int:
+        """GPT-NeoX rotates the first int(rotary_pct * head_dim) dims."""
+        return int(self.decoder(name)["rotary_pct"] * self.head_dim(name))
+
+    @property
+    def token_cache_length(self) -> int:
+        """Entries the token decoder's cache holds at most: R + L - 1."""
+        return self.prefix_length + self.block_length - 1
+
+    @property
+    def max_num_blocks(self) -> int:
+        """Block-decoder positions needed for max_position_embeddings tokens."""
+        return num_complete_blocks(self.max_position_embeddings, self.block_length) + 1
+
+    # -- validation ---------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that cannot work."""
+
+        def positive_int(field: str) -> int:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"BlockTransformerConfig.{field} must be a positive integer, "
+                    f"got {value!r}")
+            return value
+
+        L = positive_int("block_length")
+        positive_int("prefix_length")
+        positive_int("vocab_size")
+        positive_int("max_position_embeddings")
+        for dec in DECODERS:
+            for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                        "intermediate_size", "max_position_embeddings"):
+                positive_int(f"{dec}_{key}")
+            hidden = getattr(self, f"{dec}_hidden_size")
+            heads = getattr(self, f"{dec}_num_attention_heads")
+            if hidden % heads:
+                raise ValueError(
+                    f"BlockTransformerConfig.{dec}_num_attention_heads ({heads}) "
+                    f"must divide {dec}_hidden_size ({hidden})")
+            pct = getattr(self, f"{dec}_rotary_pct")
+            if isinstance(pct, bool) or not isinstance(pct, (int, float)) \
+                    or not 0.0 <= pct <= 1.0:
+                raise ValueError(
+                    f"BlockTransformerConfig.{dec}_rotary_pct must be in [0, 1], "
+                    f"got {pct!r}")
+            if self.rotary_dim(dec) % 2:
+                raise ValueError(
+                    f"BlockTransformerConfig.{dec}_rotary_pct gives an odd rotary "
+                    f"dimension ({self.rotary_dim(dec)}); it must be even")
+            for key in ("rotary_emb_base", "layer_norm_eps"):
+                value = getattr(self, f"{dec}_{key}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not value > 0:
+                    raise ValueError(
+                        f"BlockTransformerConfig.{dec}_{key} must be a positive "
+                        f"number, got {value!r}")
+            act = getattr(self, f"{dec}_hidden_act")
+            if act not in SUPPORTED_ACTIVATIONS:
+                raise ValueError(
+                    f"BlockTransformerConfig.{dec}_hidden_act {act!r} is not "
+                    f"supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+            if not isinstance(getattr(self, f"{dec}_use_parallel_residual"), bool):
+                raise ValueError(
+                    f"BlockTransformerConfig.{dec}_use_parallel_residual must be "
+                    f"true or false")
+        if self.block_hidden_size % L:
+            raise ValueError(
+                f"BlockTransformerConfig.block_hidden_size ({self.block_hidden_size}) "
+                f"must be divisible by block_length ({L})")
+        if self.embedder_hidden_size != self.block_hidden_size // L:
+            raise ValueError(
+                f"BlockTransformerConfig.embedder_hidden_size "
+                f"({self.embedder_hidden_size}) must equal block_hidden_size / "
+                f"block_length ({self.block_hidden_size // L})")
+        if self.block_max_position_embeddings < self.max_num_blocks:
+            raise ValueError(
+                f"BlockTransformerConfig.block_max_position_embeddings "
+                f"({self.block_max_position_embeddings}) is smaller than the "
+                f"{self.max_num_blocks} blocks max_position_embeddings "
+                f"({self.max_position_embeddings}) needs")
+        if self.token_max_position_embeddings < self.token_cache_length:
+            raise ValueError(
+                f"BlockTransformerConfig.token_max_position_embeddings "
+                f"({self.token_max_position_embeddings}) is smaller than "
+                f"prefix_length + block_length - 1 ({self.token_cache_length})")
+        for field in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"BlockTransformerConfig.{field} must be a token id in "
+                    f"[0, {self.vocab_size}), got {value!r}")

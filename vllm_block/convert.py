@@ -1,0 +1,250 @@
+"""Original research checkpoints (itsnamgyu/block-transformer) -> HF directory.
+
+The original code keeps its config in a hydra yaml (`conf/trainer/*.yaml`)
+whose decoders override the `EleutherAI/pythia-410m-deduped` config, and its
+weights under the original module names. The output is a plain Hugging Face
+directory (`config.json`, `model.safetensors`, `generation_config.json`,
+tokenizer files) that `AutoModelForCausalLM` and vLLM both load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .config import ARCHITECTURE, DECODER_DEFAULTS, BlockTransformerConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# What this project implements of the original options; anything else is refused.
+SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "block_split.distribution": ("fixed",),
+    "embedder.cls": ("lookup",),
+    "embedder.projection_method": ("concat",),
+    "embedder.n_embedding_tokens": (1,),
+    "block_decoder.cls": ("gpt-neo-x",),
+    "token_decoder.cls": ("gpt-neo-x",),
+    "token_decoder.expansion_method": ("expansion_layer",),
+    "token_decoder.decoding_strategy": ("prefix",),
+}
+BASE_MODEL = "EleutherAI/pythia-410m-deduped"
+# decoder `config:` keys that only matter in training
+IGNORED_DECODER_KEYS = {"attention_dropout", "hidden_dropout", "classifier_dropout",
+                        "initializer_range", "use_cache", "torch_dtype",
+                        "tie_word_embeddings", "bos_token_id", "eos_token_id",
+                        "rope_scaling", "attention_bias"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+class ConversionError(ValueError):
+    """A checkpoint or config this converter cannot turn into a model."""
+
+
+def _get(tree: dict, dotted: str, default: Any = None) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def config_from_yaml(original: dict) -> BlockTransformerConfig:
+    """Build the config from a parsed original yaml; refuse unsupported options."""
+    if not isinstance(original, dict):
+        raise ConversionError("config.yaml must hold a mapping at top level")
+    for option, supported in SUPPORTED_OPTIONS.items():
+        value = _get(original, option)
+        if value is not None and value not in supported:
+            raise ConversionError(
+                f"unsupported option {option}: {value!r} (supported: "
+                f"{', '.join(map(repr, supported))})")
+    for section in ("embedder", "block_decoder", "token_decoder"):
+        if not isinstance(original.get(section), dict):
+            raise ConversionError(f"config.yaml has no section {section!r}")
+    for dec in ("block_decoder", "token_decoder"):
+        base = _get(original, f"{dec}.model_name_or_path")
+        if base not in (None, BASE_MODEL):
+            raise ConversionError(
+                f"unsupported option {dec}.model_name_or_path: {base!r} "
+                f"(supported: {BASE_MODEL!r})")
+    L = original.get("block_length")
+    split_len = _get(original, "block_split.distribution_kwargs.length")
+    if split_len is not None and split_len != L:
+        raise ConversionError(
+            f"block_split.distribution_kwargs.length ({split_len!r}) differs from "
+            f"block_length ({L!r})")
+    vocab = _get(original, "embedder.config.vocab_size")
+    kwargs: dict[str, Any] = {
+        "block_length": L,
+        "prefix_length": _get(original, "token_decoder.expansion_ratio"),
+        "embedder_hidden_size": _get(original, "embedder.config.hidden_size"),
+        "max_position_embeddings": original.get("max_length", 2048),
+    }
+    for dec, short in (("block_decoder", "block"), ("token_decoder", "token")):
+        overrides = _get(original, f"{dec}.config") or {}
+        if not isinstance(overrides, dict):
+            raise ConversionError(f"{dec}.config must be a mapping")
+        for key, value in overrides.items():
+            if key == "vocab_size":
+                if vocab is not None and value != vocab:
+                    raise ConversionError(
+                        f"{dec}.config.vocab_size ({value!r}) differs from "
+                        f"embedder.config.vocab_size ({vocab!r})")
+                vocab = value
+            elif key in DECODER_DEFAULTS:
+                kwargs[f"{short}_{key}"] = value
+            elif key not in IGNORED_DECODER_KEYS:
+                raise ConversionError(f"unsupported option {dec}.config.{key}")
+    kwargs["vocab_size"] = vocab
+    for key in ("block_length", "prefix_length", "vocab_size"):
+        if kwargs[key] is None:
+            raise ConversionError(f"config.yaml does not give {key}")
+    try:
+        return BlockTransformerConfig(architectures=[ARCHITECTURE], **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"invalid config: {e}") from e
+
+
+def _rename(key: str) -> str | None:
+    """Original key -> our key; None for keys the model never uses."""
+    if key == "block_decoder.gpt_neox.embed_in.weight":
+        return None  # exists in the original checkpoint, never used by forward()
+    table = [
+        ("embedder.embeddings.", "embedder."),
+        ("block_decoder.gpt_neox.", "block_decoder."),
+        ("token_decoder.gpt_neox.embed_in.", "token_embed."),
+        ("token_decoder.gpt_neox.", "token_decoder."),
+        ("token_decoder.expansion_layer.", "expansion."),
+        ("token_decoder.embed_out.", "lm_head."),
+    ]
+    for old, new in table:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def convert_state_dict(original: dict[str, torch.Tensor],
+                       config: BlockTransformerConfig,
+                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Rename and reshape the original weights; check them against `config`."""
+    from .reference import BlockTransformerForCausalLM
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in
+                    BlockTransformerForCausalLM(config).state_dict().items()}
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in original.items():
+        new = _rename(key)
+        if new is None:
+            continue
+        if new not in expected:
+            raise ConversionError(f"unexpected key in checkpoint: {key}")
+        if new == "expansion.weight" and tensor.dim() == 3:
+            if tensor.shape[-1] != 1:
+                raise ConversionError(
+                    f"{key}: expansion_layer must be a kernel-1 Conv1d, got shape "
+                    f"{tuple(tensor.shape)}")
+            tensor = tensor[..., 0]  # Conv1d(kernel 1) == Linear
+        if tensor.shape != expected[new]:
+            raise ConversionError(
+                f"shape mismatch for {key}: checkpoint has {tuple(tensor.shape)}, "
+                f"the config implies {tuple(expected[new])}")
+        if not tensor.is_floating_point():
+            raise ConversionError(f"{key} has non-floating dtype {tensor.dtype}")
+        converted[new] = tensor.to(dtype).contiguous()
+    missing = sorted(set(expected) - set(converted))
+    if missing:
+        original_names = {_rename(k): k for k in original}
+        raise ConversionError(f"missing key in checkpoint: {original_names.get(missing[0], missing[0])}"
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return converted
+
+
+def _find_config(src: Path, config: Path | None) -> Path:
+    path = config or src / "config.yaml"
+    if not path.is_file():
+        raise ConversionError(f"no original config at {path} (pass --config)")
+    return path
+
+
+def load_original_weights(src: Path) -> dict[str, torch.Tensor]:
+    """Read model.safetensors or pytorch_model.bin from `src` (a dir or file)."""
+    if src.is_file():
+        candidates = [src]
+    else:
+        candidates = [src / "model.safetensors", src / "pytorch_model.bin"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                return load_file(str(path))
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupted or truncated files
+            raise ConversionError(f"cannot read checkpoint {path}: {e}") from e
+        if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
+            state = state["module"]  # deepspeed wrapper
+        if not isinstance(state, dict) or not all(
+                isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConversionError(f"{path} does not hold a state dict of tensors")
+        return state
+    raise ConversionError(f"no model.safetensors or pytorch_model.bin in {src}")
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *,
+            config: str | os.PathLike | None = None,
+            tokenizer: str | os.PathLike | None = None,
+            dtype: str = "float32") -> Path:
+    """Convert an original checkpoint at `src` into a HF directory `out`.
+
+    Writes into a temporary directory beside `out` and renames it at the
+    end, so a failed conversion leaves nothing behind.
+    """
+    src, out = Path(src), Path(out)
+    if dtype not in DTYPES:
+        raise ConversionError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+    if out.exists() and any(out.iterdir()):
+        raise ConversionError(f"output directory {out} exists and is not empty")
+    cfg_path = _find_config(src if src.is_dir() else src.parent,
+                            Path(config) if config else None)
+    try:
+        original_cfg = yaml.safe_load(cfg_path.read_text())
+    except yaml.YAMLError as e:
+        raise ConversionError(f"cannot parse {cfg_path}: {e}") from e
+    cfg = config_from_yaml(original_cfg)
+    cfg.dtype = dtype
+    weights = convert_state_dict(load_original_weights(src), cfg, DTYPES[dtype])
+
+    tok_files: list[Path] = []
+    if tokenizer is not None:
+        tok_dir = Path(tokenizer)
+        tok_files = [tok_dir / f for f in TOKENIZER_FILES if (tok_dir / f).is_file()]
+        if not any(f.name == "tokenizer.json" for f in tok_files):
+            raise ConversionError(f"no tokenizer.json in tokenizer directory {tok_dir}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        cfg.to_json_file(str(tmp / "config.json"), use_diff=False)
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+                      "pad_token_id": cfg.pad_token_id}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        for f in tok_files:
+            shutil.copy(f, tmp / f.name)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
