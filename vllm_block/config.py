@@ -62,6 +62,10 @@ def num_complete_blocks(num_tokens: Any, block_length: int) -> Any:
     return padded_index(num_tokens, block_length) // block_length
 
 
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 class BlockTransformerConfig(PretrainedConfig):
     """Hyper-parameters of a Block Transformer (Ho et al., 2024).
 
@@ -101,13 +105,15 @@ class BlockTransformerConfig(PretrainedConfig):
             for key, default in DECODER_DEFAULTS.items():
                 setattr(self, f"{dec}_{key}", kwargs.pop(f"{dec}_{key}", default))
             hidden = getattr(self, f"{dec}_hidden_size")
+            if not _is_positive_int(hidden):
+                continue  # validate() names the field; derive nothing from it
             if getattr(self, f"{dec}_num_attention_heads") is None:
                 setattr(self, f"{dec}_num_attention_heads",
                         default_num_attention_heads(hidden))
             if getattr(self, f"{dec}_intermediate_size") is None:
                 setattr(self, f"{dec}_intermediate_size", 4 * hidden)
-        if embedder_hidden_size is None and isinstance(block_length, int) \
-                and block_length > 0:
+        if embedder_hidden_size is None and _is_positive_int(block_length) \
+                and _is_positive_int(self.block_hidden_size):
             embedder_hidden_size = self.block_hidden_size // block_length
         self.embedder_hidden_size = embedder_hidden_size
         super().__init__(
@@ -148,7 +154,7 @@ class BlockTransformerConfig(PretrainedConfig):
 
         def positive_int(field: str) -> int:
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(
                     f"BlockTransformerConfig.{field} must be a positive integer, "
                     f"got {value!r}")
@@ -198,6 +204,7 @@ class BlockTransformerConfig(PretrainedConfig):
             raise ValueError(
                 f"BlockTransformerConfig.block_hidden_size ({self.block_hidden_size}) "
                 f"must be divisible by block_length ({L})")
+        positive_int("embedder_hidden_size")
         if self.embedder_hidden_size != self.block_hidden_size // L:
             raise ValueError(
                 f"BlockTransformerConfig.embedder_hidden_size "
