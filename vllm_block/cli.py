@@ -1,0 +1,119 @@
+"""`vllm-block` command line.
+
+    vllm-block convert SRC OUT [--config YAML] [--tokenizer DIR] [--dtype D]
+    vllm-block reference-generate MODEL (--prompt-ids 1,2,3 | --prompt TEXT)
+
+Heavy modules (torch, transformers) are imported inside the subcommands.
+Expected failures print `error: <message>` to stderr and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """A user error found by the CLI itself (bad argument values)."""
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .convert import ConversionError, convert
+
+    try:
+        out = convert(args.src, args.out, config=args.config, tokenizer=args.tokenizer,
+                      dtype=args.dtype)
+    except ConversionError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {out}")
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise CLIError(f"--prompt-ids must be comma-separated integers, got {text!r}")
+    if not ids:
+        raise CLIError("--prompt-ids is empty: at least one token is needed")
+    return ids
+
+
+def _reference_generate(args: argparse.Namespace) -> None:
+    import torch
+    from transformers.utils import logging
+
+    from . import BlockTransformerForCausalLM
+
+    logging.disable_progress_bar()
+
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise CLIError(f"{model_dir} is not a converted model directory (no config.json)")
+    if args.max_new_tokens < 1:
+        raise CLIError("--max-new-tokens must be at least 1")
+    tokenizer = None
+    if (model_dir / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise CLIError(f"{model_dir} has no tokenizer.json: use --prompt-ids")
+        ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise CLIError("--prompt gives no tokens")
+    else:
+        ids = _parse_ids(args.prompt_ids)
+    model = BlockTransformerForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, args.dtype)).eval()
+    eos = None if args.ignore_eos else model.config.eos_token_id
+    try:
+        out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens,
+                             eos_token_id=eos)
+    except ValueError as e:  # e.g. token ids outside the vocabulary
+        raise CLIError(str(e)) from None
+    new = out[0, len(ids):].tolist()
+    print("ids: " + ",".join(map(str, new)))
+    if tokenizer is not None:
+        print("text: " + tokenizer.decode(new))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vllm-block", description="Block Transformer models for vLLM")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="original research checkpoint -> HF directory")
+    p.add_argument("src", help="checkpoint directory (config.yaml + model.safetensors "
+                               "or pytorch_model.bin), or a weights file")
+    p.add_argument("out", help="output directory (must not exist or be empty)")
+    p.add_argument("--config", help="original config yaml (default: SRC/config.yaml)")
+    p.add_argument("--tokenizer", help="directory with tokenizer.json to copy into OUT")
+    p.add_argument("--dtype", default="float32",
+                   help="weight dtype: float32 (default), bfloat16 or float16")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("reference-generate",
+                       help="greedy generation with the plain-PyTorch reference model")
+    p.add_argument("model", help="converted model directory")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
+    prompt.add_argument("--prompt", help="text prompt (needs tokenizer files in MODEL)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.set_defaults(func=_reference_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CLIError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
