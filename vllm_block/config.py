@@ -126,17 +126,17 @@ class BlockTransformerConfig(PretrainedConfig):
         self.validate()
 
     # -- derived sizes ------------------------------------------------------
-    def decoder(self, name: str) -> dict[str, Any]:
+    def decoder_params(self, name: str) -> dict[str, Any]:
         """The GPT-NeoX hyper-parameters of decoder `name` ("block"/"token")."""
         return {k: getattr(self, f"{name}_{k}") for k in DECODER_DEFAULTS}
 
-    def head_dim(self, name: str) -> int:
-        d = self.decoder(name)
+    def decoder_head_dim(self, name: str) -> int:
+        d = self.decoder_params(name)
         return d["hidden_size"] // d["num_attention_heads"]
 
-    def rotary_dim(self, name: str) -> int:
+    def decoder_rotary_dim(self, name: str) -> int:
         """GPT-NeoX rotates the first int(rotary_pct * head_dim) dims."""
-        return int(self.decoder(name)["rotary_pct"] * self.head_dim(name))
+        return int(self.decoder_params(name)["rotary_pct"] * self.decoder_head_dim(name))
 
     @property
     def token_cache_length(self) -> int:
@@ -180,10 +180,10 @@ class BlockTransformerConfig(PretrainedConfig):
                 raise ValueError(
                     f"BlockTransformerConfig.{dec}_rotary_pct must be in [0, 1], "
                     f"got {pct!r}")
-            if self.rotary_dim(dec) % 2:
+            if self.decoder_rotary_dim(dec) % 2:
                 raise ValueError(
                     f"BlockTransformerConfig.{dec}_rotary_pct gives an odd rotary "
-                    f"dimension ({self.rotary_dim(dec)}); it must be even")
+                    f"dimension ({self.decoder_rotary_dim(dec)}); it must be even")
             for key in ("rotary_emb_base", "layer_norm_eps"):
                 value = getattr(self, f"{dec}_{key}")
                 if isinstance(value, bool) or not isinstance(value, (int, float)) \

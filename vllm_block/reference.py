@@ -77,19 +77,19 @@ class NeoXMLP(nn.Module):
         self.dense_4h_to_h = nn.Linear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # exact (erf) gelu
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))  # exact (erf) gelu
 
 
 class NeoXLayer(nn.Module):
     def __init__(self, cfg: BlockTransformerConfig, name: str):
         super().__init__()
-        d = cfg.decoder(name)
+        d = cfg.decoder_params(name)
         self.parallel = d["use_parallel_residual"]
         self.input_layernorm = nn.LayerNorm(d["hidden_size"], eps=d["layer_norm_eps"])
         self.post_attention_layernorm = nn.LayerNorm(d["hidden_size"],
                                                      eps=d["layer_norm_eps"])
         self.attention = NeoXAttention(d["hidden_size"], d["num_attention_heads"],
-                                       cfg.rotary_dim(name), d["rotary_emb_base"])
+                                       cfg.decoder_rotary_dim(name), d["rotary_emb_base"])
         self.mlp = NeoXMLP(d["hidden_size"], d["intermediate_size"])
 
     def forward(self, x, positions, past):
@@ -105,7 +105,7 @@ class NeoXDecoder(nn.Module):
 
     def __init__(self, cfg: BlockTransformerConfig, name: str):
         super().__init__()
-        d = cfg.decoder(name)
+        d = cfg.decoder_params(name)
         self.layers = nn.ModuleList(NeoXLayer(cfg, name)
                                     for _ in range(d["num_hidden_layers"]))
         self.final_layer_norm = nn.LayerNorm(d["hidden_size"], eps=d["layer_norm_eps"])

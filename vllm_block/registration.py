@@ -1,0 +1,74 @@
+"""`register()`: the `vllm.general_plugins` entry point.
+
+vLLM calls it in every process it starts (API server, engine core, workers).
+It must be cheap and idempotent: the model class is registered as a lazy
+"module:Class" string, so nothing heavy is imported until vLLM builds it.
+"""
+from __future__ import annotations
+
+import os
+
+from .config import ARCHITECTURE, MODEL_TYPE
+
+
+def register() -> None:
+    # The V2 model runner handles Mamba-style state only for hybrid models.
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    from .config import BlockTransformerConfig
+
+    AutoConfig.register(MODEL_TYPE, BlockTransformerConfig, exist_ok=True)
+    _register_with_vllm_config_loader()
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, "vllm_block.model:BlockTransformerForCausalLM")
+    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, _engine_config_hook())
+
+
+def _register_with_vllm_config_loader() -> None:
+    """Let vLLM's own config loader resolve `model_type: block_transformer`."""
+    try:
+        from vllm.transformers_utils.config import _CONFIG_REGISTRY
+    except ImportError:  # older layouts: AutoConfig registration suffices
+        return
+    from .config import BlockTransformerConfig
+    if MODEL_TYPE not in _CONFIG_REGISTRY:
+        _CONFIG_REGISTRY[MODEL_TYPE] = BlockTransformerConfig
+
+
+def _engine_config_hook():
+    from vllm.model_executor.models.config import MambaModelConfig, VerifyAndUpdateConfig
+
+    class BlockTransformerEngineConfig(VerifyAndUpdateConfig):
+        """Runs before the platform fills in its defaults (block size!)."""
+
+        @staticmethod
+        def verify_and_update_config(vllm_config) -> None:
+            from .cache import KERNEL_ENTRIES_PER_PAGE, block_size_ok, default_block_size
+
+            hf = vllm_config.model_config.hf_config
+            L = hf.block_length
+            cache = vllm_config.cache_config
+            if not cache.user_specified_block_size:
+                cache.block_size = default_block_size(L)
+                cache.user_specified_block_size = True
+            elif not block_size_ok(cache.block_size, L):
+                raise ValueError(
+                    f"block_size {cache.block_size} does not work with this model's "
+                    f"block_length {L}: pages must hold a multiple of "
+                    f"{KERNEL_ENTRIES_PER_PAGE} block entries, so block_size must be a "
+                    f"multiple of {KERNEL_ENTRIES_PER_PAGE * L} (e.g. "
+                    f"{default_block_size(L)}), or leave it unset")
+            tp = vllm_config.parallel_config.tensor_parallel_size
+            for dec in ("block", "token"):
+                heads = getattr(hf, f"{dec}_num_attention_heads")
+                if heads % tp:
+                    raise ValueError(
+                        f"the {dec} decoder has {heads} attention heads, which "
+                        f"tensor_parallel_size {tp} does not divide")
+            MambaModelConfig.verify_and_update_config(vllm_config)
+
+    return BlockTransformerEngineConfig
