@@ -77,7 +77,7 @@ class NeoXMLP(nn.Module):
         self.dense_4h_to_h = nn.Linear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))  # exact (erf) gelu
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # exact (erf) gelu
 
 
 class NeoXLayer(nn.Module):
