@@ -311,6 +311,10 @@ class BlockTransformerForCausalLM(nn.Module):
         meta = attn_metadata[states[0].prefix]
         T = int(meta.query_start_loc[-1])  # tokens beyond T are padding
         ids, pos = input_ids[:T], positions[:T].long()
+        # vLLM validates token ids only when it has a tokenizer; never let an
+        # out-of-vocabulary id take the engine down (it reads as padding).
+        vocab = self.config.vocab_size
+        ids = torch.where((ids >= 0) & (ids < vocab), ids, self.config.pad_token_id)
         L, R = self.L, self.R
         plan = StepPlan.build(pos, meta.query_start_loc, L, R)
 

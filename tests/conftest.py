@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import FIXTURES, fixture_dir  # noqa: F401  (re-exported for tests)
+
+
+@pytest.fixture(scope="session")
+def tiny_b4_original() -> Path:
+    """The original-format checkpoint dir of the tiny fixture (read-only)."""
+    return fixture_dir("original_tiny_b4")
+
+
+@pytest.fixture(scope="session")
+def tiny_b4_dir(tmp_path_factory, tiny_b4_original) -> Path:
+    """`original_tiny_b4` converted into a Hugging Face dir (fp32)."""
+    from vllm_block.convert import convert
+
+    return convert(tiny_b4_original, tmp_path_factory.mktemp("converted") / "tiny_b4")
+
+
+@pytest.fixture(scope="session")
+def tiny_b4_model(tiny_b4_dir):
+    """The converted tiny fixture loaded as the reference model (fp32, eval)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_b4_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_b4_tok_dir(tmp_path_factory, tiny_b4_original) -> Path:
+    """`original_tiny_b4` converted with a 512-entry word-level tokenizer, so
+    vLLM runs with its tokenizer (and validates token ids) on it."""
+    from helpers import make_tokenizer
+    from vllm_block.convert import convert
+
+    root = tmp_path_factory.mktemp("converted_tok")
+    words = ("<|endoftext|>",) + tuple(f"w{i}" for i in range(1, 512))
+    tok = make_tokenizer(root / "tokenizer", words)
+    return convert(tiny_b4_original, root / "tiny_b4", tokenizer=tok)
