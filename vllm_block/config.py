@@ -116,6 +116,10 @@ class BlockTransformerConfig(PretrainedConfig):
                 and _is_positive_int(self.block_hidden_size):
             embedder_hidden_size = self.block_hidden_size // block_length
         self.embedder_hidden_size = embedder_hidden_size
+        self.pad_token_id, self.bos_token_id = pad_token_id, bos_token_id
+        # before the base class's own validators, which fail on wrong types
+        # without naming the field
+        self.validate()
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -123,7 +127,6 @@ class BlockTransformerConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
-        self.validate()
 
     # -- derived sizes ------------------------------------------------------
     def decoder_params(self, name: str) -> dict[str, Any]:
