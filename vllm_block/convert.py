@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -114,22 +115,30 @@ def config_from_yaml(original: dict) -> BlockTransformerConfig:
         raise ConversionError(f"invalid config: {e}") from e
 
 
-def _rename(key: str) -> str | None:
+# original key prefix -> our key prefix (first match wins, in both directions)
+RENAMES = [
+    ("embedder.embeddings.", "embedder."),
+    ("block_decoder.gpt_neox.", "block_decoder."),
+    ("token_decoder.gpt_neox.embed_in.", "token_embed."),
+    ("token_decoder.gpt_neox.", "token_decoder."),
+    ("token_decoder.expansion_layer.", "expansion."),
+    ("token_decoder.embed_out.", "lm_head."),
+]
+
+
+def _rename(key: str, table: list[tuple[str, str]] = RENAMES) -> str | None:
     """Original key -> our key; None for keys the model never uses."""
     if key == "block_decoder.gpt_neox.embed_in.weight":
         return None  # exists in the original checkpoint, never used by forward()
-    table = [
-        ("embedder.embeddings.", "embedder."),
-        ("block_decoder.gpt_neox.", "block_decoder."),
-        ("token_decoder.gpt_neox.embed_in.", "token_embed."),
-        ("token_decoder.gpt_neox.", "token_decoder."),
-        ("token_decoder.expansion_layer.", "expansion."),
-        ("token_decoder.embed_out.", "lm_head."),
-    ]
     for old, new in table:
         if key.startswith(old):
             return new + key[len(old):]
     return key
+
+
+def _original_name(key: str) -> str:
+    """Our key -> the original key (for messages)."""
+    return _rename(key, [(new, old) for old, new in RENAMES])
 
 
 def convert_state_dict(original: dict[str, torch.Tensor],
@@ -163,8 +172,7 @@ def convert_state_dict(original: dict[str, torch.Tensor],
         converted[new] = tensor.to(dtype).contiguous()
     missing = sorted(set(expected) - set(converted))
     if missing:
-        original_names = {_rename(k): k for k in original}
-        raise ConversionError(f"missing key in checkpoint: {original_names.get(missing[0], missing[0])}"
+        raise ConversionError(f"missing key in checkpoint: {_original_name(missing[0])}"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return converted
 
@@ -174,6 +182,17 @@ def _find_config(src: Path, config: Path | None) -> Path:
     if not path.is_file():
         raise ConversionError(f"no original config at {path} (pass --config)")
     return path
+
+
+def _summary(e: Exception) -> str:
+    """One line about a library's (often multi-line) read error."""
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem and mark is not None:
+        return f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(e, pickle.UnpicklingError):
+        return "UnpicklingError: the file is corrupted or holds more than tensors"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def load_original_weights(src: Path) -> dict[str, torch.Tensor]:
@@ -190,7 +209,7 @@ def load_original_weights(src: Path) -> dict[str, torch.Tensor]:
                 return load_file(str(path))
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # corrupted or truncated files
-            raise ConversionError(f"cannot read checkpoint {path}: {e}") from e
+            raise ConversionError(f"cannot read checkpoint {path}: {_summary(e)}") from e
         if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
             state = state["module"]  # deepspeed wrapper
         if not isinstance(state, dict) or not all(
@@ -210,6 +229,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *,
     end, so a failed conversion leaves nothing behind.
     """
     src, out = Path(src), Path(out)
+    if not src.exists():
+        raise ConversionError(f"checkpoint {src} does not exist")
     if dtype not in DTYPES:
         raise ConversionError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     if out.exists() and any(out.iterdir()):
@@ -219,7 +240,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *,
     try:
         original_cfg = yaml.safe_load(cfg_path.read_text())
     except yaml.YAMLError as e:
-        raise ConversionError(f"cannot parse {cfg_path}: {e}") from e
+        raise ConversionError(f"cannot parse {cfg_path}: {_summary(e)}") from e
     cfg = config_from_yaml(original_cfg)
     cfg.dtype = dtype
     weights = convert_state_dict(load_original_weights(src), cfg, DTYPES[dtype])
