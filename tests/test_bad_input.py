@@ -121,6 +121,7 @@ def test_missing_weights_file(tmp_path, src):
     ("block_decoder.cls", "llama"),
     ("block_decoder.model_name_or_path", "EleutherAI/pythia-1b"),
     ("token_decoder.config.rope_theta", 5000),
+    ("block_decoder.config.rope_scaling", {"type": "linear", "factor": 2.0}),
 ])
 def test_unsupported_option_is_named(tmp_path, src, option, value):
     edit_yaml(src, **{option.replace(".", "__"): value})

@@ -116,6 +116,8 @@ def test_convert_with_separate_config_and_checkpoint_dirs(tmp_path, tiny_b4_dir,
     for dec in ("block_decoder", "token_decoder"):
         del original[dec]["config"]["num_attention_heads"]  # default: 64 / 32 = 2
         del original[dec]["config"]["vocab_size"]  # given by the embedder only
+        original[dec]["config"].update(attention_dropout=0.1, rope_scaling=None,
+                                       initializer_range=0.02)  # no effect on inference
     conf = tmp_path / "conf" / "trainer" / "tiny.yaml"
     conf.parent.mkdir(parents=True)
     conf.write_text(yaml.safe_dump(original))

@@ -103,8 +103,8 @@ def config_from_yaml(original: dict) -> BlockTransformerConfig:
                 vocab = value
             elif key in DECODER_DEFAULTS:
                 kwargs[f"{short}_{key}"] = value
-            elif key not in IGNORED_DECODER_KEYS:
-                raise ConversionError(f"unsupported option {dec}.config.{key}")
+            elif key not in IGNORED_DECODER_KEYS or (key == "rope_scaling" and value):
+                raise ConversionError(f"unsupported option {dec}.config.{key}: {value!r}")
     kwargs["vocab_size"] = vocab
     for key in ("block_length", "prefix_length", "vocab_size"):
         if kwargs[key] is None:
