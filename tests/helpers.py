@@ -97,12 +97,12 @@ def random_config(seed: int, **overrides) -> BlockTransformerConfig:
             f"{name}_use_parallel_residual": rng.choice([True, False]),
         }
 
-    embed = rng.choice([2, 4, 6, 8])
+    embed = rng.choice([4, 6, 8])
     block_hidden = L * embed
     block_heads = rng.choice([h for h in (1, 2, 4) if block_hidden % h == 0
                               and block_hidden // h >= 2])
     token_heads = rng.randint(1, 4)
-    token_hidden = token_heads * rng.choice([4, 6, 8, 12])
+    token_hidden = token_heads * rng.choice([6, 8, 12, 16])
     vocab = rng.randint(40, 96)
     kwargs = {
         "block_length": L, "prefix_length": R, "vocab_size": vocab,
@@ -121,9 +121,10 @@ def random_model(config: BlockTransformerConfig, seed: int = 0) -> BlockTransfor
     torch.manual_seed(seed)
     model = BlockTransformerForCausalLM(config).eval()
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, 1.5 / module.in_features ** 0.5)
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):  # gain 1 keeps fp32 round-off small
+                gain = 2.0 if name == "lm_head" else 1.0
+                module.weight.normal_(0.0, gain / module.in_features ** 0.5)
                 if module.bias is not None:
                     module.bias.normal_(0.0, 0.1)
             elif isinstance(module, nn.Embedding):
