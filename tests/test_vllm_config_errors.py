@@ -1,0 +1,40 @@
+"""Engine configurations the model cannot run are refused at start-up with a
+message that says what to change, never turned into wrong output."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine import engine
+
+
+def test_block_size_the_kernels_cannot_page_is_refused(tiny_b4_dir):
+    # block_length 4: pages must hold a multiple of 16 block entries (64 tokens)
+    with pytest.raises(Exception, match=r"block_size 96 .* multiple of 64"):
+        with engine(tiny_b4_dir, block_size=96):
+            pass
+
+
+def test_default_block_size_is_chosen_for_the_block_length(tiny_b4_dir):
+    from vllm.engine.arg_utils import EngineArgs
+
+    import vllm_block.registration
+
+    vllm_block.registration.register()
+    cfg = EngineArgs(model=str(tiny_b4_dir), skip_tokenizer_init=True,
+                     max_model_len=256).create_engine_config()
+    assert cfg.cache_config.block_size == 128  # 32 block entries of 4 tokens
+
+
+def test_broken_config_is_refused_naming_the_field(tiny_b4_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_b4_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["block_hidden_size"] = 66  # not divisible by block_length 4
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match=r"block_hidden_size \(66\) must be divisible by "
+                                        r"block_length \(4\)"):
+        with engine(bad):
+            pass
