@@ -69,6 +69,9 @@ def _engine_config_hook():
                     raise ValueError(
                         f"the {dec} decoder has {heads} attention heads, which "
                         f"tensor_parallel_size {tp} does not divide")
+            # The step's shapes depend on how many blocks close in it, so
+            # the forward cannot be captured as a CUDA graph.
+            vllm_config.model_config.enforce_eager = True
             MambaModelConfig.verify_and_update_config(vllm_config)
 
     return BlockTransformerEngineConfig
