@@ -112,3 +112,16 @@ def test_over_long_prompt_is_rejected_with_a_clear_error(llm):
 def test_empty_prompt_is_rejected_with_a_clear_error(llm):
     with pytest.raises(VLLMValidationError, match=r"prompt cannot be empty"):
         llm.generate(token_prompts([[]]), greedy_params(2))
+
+
+def test_stop_string_ends_the_text_before_it(llm):
+    from vllm import SamplingParams
+
+    case = CASES[5]
+    stop_word = f"w{case['greedy'][6]}"  # the fixture's tokenizer: id i is word "wi"
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW, stop=[stop_word])
+    (out,) = llm.generate(token_prompts([case["prompt"]]), sp)
+    first = case["greedy"].index(case["greedy"][6])
+    assert list(out.outputs[0].token_ids) == case["greedy"][:first + 1]
+    assert stop_word not in out.outputs[0].text.split()
+    assert out.outputs[0].finish_reason == "stop"
