@@ -45,4 +45,6 @@ def tiny_b4_tok_dir(tmp_path_factory, tiny_b4_original) -> Path:
     root = tmp_path_factory.mktemp("converted_tok")
     words = ("<|endoftext|>",) + tuple(f"w{i}" for i in range(1, 512))
     tok = make_tokenizer(root / "tokenizer", words)
+    (tok / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}")
     return convert(tiny_b4_original, root / "tiny_b4", tokenizer=tok)
