@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from helpers import greedy_cases
-from server import vllm_serve
+from vllm_block.serving import vllm_serve
 
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])

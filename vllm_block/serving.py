@@ -1,4 +1,4 @@
-"""A real `vllm serve` process on 127.0.0.1 for tests (and the demo)."""
+"""Run `vllm serve` as a child process on a loopback port (demo, tests)."""
 from __future__ import annotations
 
 import contextlib
@@ -20,15 +20,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def vllm_serve(model: str | Path, *args: str, timeout: float = 240,
-               log: Path | None = None) -> Iterator[str]:
+               log: Path | None = None, kv_cache_gib: int = 1) -> Iterator[str]:
     """Start `vllm serve MODEL ARGS` on a free loopback port; yield its base
-    URL once /health answers; stop it (SIGTERM, then SIGKILL) on exit."""
+    URL once /health answers; stop it (SIGTERM, then SIGKILL) on exit.
+
+    The `vllm` command is the one beside this interpreter. `kv_cache_gib`
+    sets VLLM_CPU_KVCACHE_SPACE (the CPU build's KV budget) unless the
+    environment already does."""
     port = free_port()
     vllm = Path(sys.executable).with_name("vllm")
     cmd = [str(vllm), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *args]
     log_file = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), **os.environ}
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
