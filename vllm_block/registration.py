@@ -64,11 +64,13 @@ def _engine_config_hook():
                     f"{default_block_size(L)}), or leave it unset")
             tp = vllm_config.parallel_config.tensor_parallel_size
             for dec in ("block", "token"):
-                heads = getattr(hf, f"{dec}_num_attention_heads")
-                if heads % tp:
-                    raise ValueError(
-                        f"the {dec} decoder has {heads} attention heads, which "
-                        f"tensor_parallel_size {tp} does not divide")
+                for field, what in (("num_attention_heads", "attention heads"),
+                                    ("intermediate_size", "MLP channels")):
+                    n = getattr(hf, f"{dec}_{field}")
+                    if n % tp:
+                        raise ValueError(
+                            f"the {dec} decoder has {n} {what} ({dec}_{field}), which "
+                            f"tensor_parallel_size {tp} does not divide")
             # The step's shapes depend on how many blocks close in it, so
             # the forward cannot be captured as a CUDA graph.
             vllm_config.model_config.enforce_eager = True
