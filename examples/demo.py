@@ -33,9 +33,9 @@ def main() -> None:
     print(f"starting vllm serve {args.model} (log: {args.log}) ...", flush=True)
     start = time.perf_counter()
     with vllm_serve(args.model, "--dtype", "float32", "--max-model-len", "512",
-                    log=Path(args.log)) as base:
-        print(f"server healthy at {base} after {time.perf_counter() - start:.0f} s", flush=True)
-        run(base + "/v1", args.prompt, args.max_tokens)
+                    log=Path(args.log)) as server:
+        print(f"server healthy at {server.url} after {time.perf_counter() - start:.0f} s", flush=True)
+        run(server.url + "/v1", args.prompt, args.max_tokens)
     print("server stopped")
 
 

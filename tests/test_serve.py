@@ -21,10 +21,11 @@ MODEL = "tiny"
 def server(tiny_b4_tok_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with vllm_serve(tiny_b4_tok_dir, "--served-model-name", MODEL, "--dtype", "float32",
-                    "--max-model-len", "512", log=log) as base:
-        yield base
-    text = log.read_text()
-    assert "Traceback" not in text, text[-3000:]
+                    "--max-model-len", "512", log=log) as server:
+        yield server.url
+    # nothing went wrong while serving (vLLM may log a race while shutting down)
+    serving = log.read_text().split("[shutdown]")[0]
+    assert "Traceback" not in serving and " ERROR " not in serving, serving[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -68,8 +68,8 @@ def test_vllm_serve_scaled_to_2_answers_with_ground_truth(tiny_b4_tok_dir, tmp_p
     from openai import OpenAI
 
     with vllm_serve(tiny_b4_tok_dir, "--dtype", "float32", "--max-model-len", "512",
-                    flag, "2", log=tmp_path / "server.log", timeout=300) as base:
-        client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+                    flag, "2", log=tmp_path / "server.log", timeout=300) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         model = client.models.list().data[0].id
         for case in CASES[:4]:
             out = client.completions.create(
