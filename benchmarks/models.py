@@ -224,3 +224,30 @@ def roofline(model, prompt: int, new: int, requests: int, batch: int, nbytes: in
         "decode_bound": "compute" if compute_s >= memory_s else "memory",
         "limit_tokens_per_s": requests * new / total,
     }
+
+
+# Nominal H200 (SXM) figures for the analytic paper-scale limit: dense bf16
+# tensor-core FLOP/s and HBM3e bandwidth from the datasheet (not measured).
+H200_NOMINAL = {"bf16_flops": 989e12, "bandwidth": 4.8e12}
+
+
+def paper_scale_limits(requests: int = 256, kv_budget: float = 24 * 2**30,
+                       flops: float = H200_NOMINAL["bf16_flops"],
+                       bandwidth: float = H200_NOMINAL["bandwidth"]) -> list[dict]:
+    """Roofline limits of the paper's pairs and workloads (bf16), each model's
+    batch capped by how many full-length requests its cache fits in `kv_budget`."""
+    out = []
+    for v, b, paper_prefill, paper_decode in PAPER_PAIRS:
+        for wl, prompt, new, paper in (("prefill-heavy", 2048, 128, paper_prefill),
+                                       ("decode-heavy", 128, 2048, paper_decode)):
+            row = {"vanilla": v, "block": b, "workload": wl, "paper_ratio": paper}
+            for kind, name in (("vanilla", v), ("block", b)):
+                m = MODELS[name]
+                batch = min(requests, int(kv_budget // m.cache_bytes(prompt + new, 2)))
+                lim = roofline(m, prompt, new, requests, batch, 2, flops, bandwidth)
+                row[f"{kind}_batch"] = batch
+                row[f"{kind}_limit_tokens_per_s"] = round(lim["limit_tokens_per_s"])
+            row["limit_ratio"] = round(row["block_limit_tokens_per_s"]
+                                       / row["vanilla_limit_tokens_per_s"], 2)
+            out.append(row)
+    return out

@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from models import MODELS, PAPER_PAIRS, roofline  # noqa: E402
+from models import MODELS, PAPER_PAIRS, paper_scale_limits, roofline  # noqa: E402
 
 NBYTES = {"float32": 4, "bfloat16": 2}
 
@@ -540,7 +540,9 @@ def main(argv: list[str] | None = None) -> dict:
         "hf_requests": args.hf_requests,
         "paper_pairs": [dict(zip(("vanilla", "block", "prefill_heavy", "decode_heavy"), p))
                         for p in PAPER_PAIRS],
-        **summary, "runs": runs,
+        **summary,
+        "paper_scale_limits_h200_nominal": paper_scale_limits(),
+        "runs": runs,
     }
     result["plots"] = plot(summary, args.out, tag)
     (args.out / f"throughput_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
