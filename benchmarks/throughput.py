@@ -57,6 +57,8 @@ SCALES = {
     "paper": dict(
         workloads=[("prefill-heavy", 2048, 128, 256), ("decode-heavy", 128, 2048, 256)],
         hf_requests=0, kv_budget=24 << 30, max_num_batched_tokens=16384, repeats=1,
+        # up to three engines share the GPU: each may claim 30% of it at start-up
+        engine_kwargs=dict(gpu_memory_utilization=0.3),
         groups=[("bfloat16", ["vanilla_70", "block_main_b4_85"]),
                 ("bfloat16", ["vanilla_160", "block_main_b4_300"]),
                 ("bfloat16", ["vanilla_410", "block_main_b4_1.2b"])],
@@ -182,6 +184,7 @@ class Engine:
                       max_num_seqs=max(w[3] for w in scale["workloads"]),
                       max_num_batched_tokens=scale["max_num_batched_tokens"],
                       enable_prefix_caching=False, disable_log_stats=False, seed=0)
+        kwargs.update(scale.get("engine_kwargs", {}))
         if column == "vanilla-neox":
             kwargs["model_impl"] = "transformers"
         t = time.perf_counter()
@@ -519,6 +522,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
     t0 = time.time()
+    load_start = os.getloadavg()
     log(f"peaks ({args.hf_device}) ...")
     peaks = measure_peaks(args.hf_device, seconds=0.3 if args.scale == "tiny" else 2.0)
     log("  " + ", ".join(f"{k} {v:.3g}" for k, v in peaks.items()))
@@ -534,6 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_seconds": round(time.time() - t0, 1),
         "machine": machine(), "peaks": peaks, "scale": args.scale,
+        # other work on the machine during the run (1-minute load average)
+        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "workloads": [dict(zip(("name", "prompt", "new", "requests"), w))
                       for w in scale["workloads"]],
         "kv_budget_bytes": scale["kv_budget"], "repeats": args.repeats,
