@@ -33,3 +33,12 @@ test: venv
 
 clean:
 	rm -rf out
+
+# The shipped demo model (models/kjv-block-tiny) and its vanilla GPT-NeoX
+# baseline, trained on the King James Bible (Debian's bible-kjv package) on
+# one CPU thread: about 20 minutes each.
+.PHONY: demo-model
+demo-model: venv
+	command -v bible >/dev/null || apt-get install -y bible-kjv
+	$(VENV)/bin/vllm-block train --out models/kjv-block-tiny --steps 1000 --overwrite
+	$(VENV)/bin/vllm-block train --arch vanilla --out models/kjv-vanilla-tiny --steps 1000 --overwrite --tokenizer models/kjv-block-tiny --card models/kjv-block-tiny --summary benchmarks/results/train_kjv_tiny.json

@@ -2,6 +2,7 @@
 
     vllm-block convert SRC OUT [--config YAML] [--tokenizer DIR] [--dtype D]
     vllm-block reference-generate MODEL (--prompt-ids 1,2,3 | --prompt TEXT)
+    vllm-block train --out DIR [--arch block|vanilla] [--steps N] [--minutes M] ...
 
 Heavy modules (torch, transformers) are imported inside the subcommands.
 Expected failures print `error: <message>` to stderr and exit with 2.
@@ -77,6 +78,25 @@ def _reference_generate(args: argparse.Namespace) -> None:
         print("text: " + tokenizer.decode(new))
 
 
+def _train(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .train import TrainConfig, TrainError, train
+
+    minutes = args.minutes if args.minutes is not None or args.steps else 20.0
+    cfg = TrainConfig(arch=args.arch, steps=args.steps, minutes=minutes,
+                      batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                      eval_every=args.eval_every, seed=args.seed,
+                      vocab_size=args.vocab_size, threads=args.threads)
+    command = "vllm-block " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        train(args.out, cfg, tokenizer_dir=args.tokenizer, data_dir=args.data_dir,
+              card_dir=args.card, summary=args.summary, command=command,
+              overwrite=args.overwrite)
+    except TrainError as e:
+        raise CLIError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vllm-block", description="Block Transformer models for vLLM")
@@ -102,11 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=_reference_generate)
+
+    p = sub.add_parser("train", help="train the demo model (KJV Bible) or its baseline")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--arch", default="block", choices=["block", "vanilla"],
+                   help="block (Block Transformer) or vanilla (GPT-NeoX baseline)")
+    p.add_argument("--steps", type=int, help="optimizer steps (cosine over them)")
+    p.add_argument("--minutes", type=float,
+                   help="wall-clock budget (default 20 without --steps; a cap with it)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--tokenizer", help="reuse DIR/tokenizer.json instead of training one")
+    p.add_argument("--data-dir", default="out/data", help="corpus cache directory")
+    p.add_argument("--card", help="block model dir whose model card gets this run "
+                                  "as its vanilla baseline")
+    p.add_argument("--summary", help="write a JSON comparing this run with --card's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model already trained in --out")
+    p.set_defaults(func=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except (CLIError, OSError) as e:
