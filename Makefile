@@ -4,7 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH := torch==2.13.0
-FIXTURES ?= ../shared/fixtures
 PYTEST_FLAGS ?= -q -ra --durations=5
 
 .PHONY: venv demo test clean
@@ -24,9 +23,7 @@ $(VENV)/.stamp: setup.py
 	touch $@
 
 demo: venv
-	rm -rf out/tiny_b4
-	$(VENV)/bin/vllm-block convert $(FIXTURES)/original_tiny_b4 out/tiny_b4
-	$(VENV)/bin/vllm-block reference-generate out/tiny_b4 --prompt-ids 145,13,382,108,466 --max-new-tokens 16
+	$(PY) examples/demo.py
 
 test: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
