@@ -240,24 +240,23 @@ class TokenDecoder(nn.Module):
             for i in range(config.token_num_hidden_layers))
 
     def forward(self, x: torch.Tensor, plan: StepPlan, attn_metadata: dict) -> torch.Tensor:
-        S = self.window
+        # row m sees the keys of its window up to its own position
+        key_pos = torch.arange(self.window, device=x.device)
+        visible = (key_pos[None, :] <= plan.row_pos[:, None])[:, None, None, :]  # [M,1,1,S]
         for layer, state in zip(self.layers, self.states):
             slot = attn_metadata[state.prefix].state_slot  # this layer's own group
             stored = state.kv_cache[0]  # [pages, 2, S, heads, head_dim]
             buf = stored[slot[plan.win_req]]
             buf = torch.where(plan.win_from_state[:, None, :, None, None], buf, 0)
             num_heads, head_dim = buf.shape[-2:]
-            key_pos = torch.arange(S, device=x.device)
-            hidden_mask = key_pos[None, None, None, :] > plan.row_pos[:, None, None, None]
 
-            def attend(q, k, v, buf=buf, mask=hidden_mask):
+            def attend(q, k, v, buf=buf):
                 M = q.shape[0]
                 buf[plan.row_win, 0, plan.row_pos] = k.view(M, num_heads, head_dim)
                 buf[plan.row_win, 1, plan.row_pos] = v.view(M, num_heads, head_dim)
                 kv = buf[plan.row_win].transpose(2, 3)  # [M, 2, heads, S, head_dim]
                 out = F.scaled_dot_product_attention(
-                    q.view(M, num_heads, 1, head_dim), kv[:, 0], kv[:, 1],
-                    attn_mask=~mask)
+                    q.view(M, num_heads, 1, head_dim), kv[:, 0], kv[:, 1], attn_mask=visible)
                 return out.reshape(M, num_heads * head_dim)
 
             x = layer(x, plan.row_pos, attend)
