@@ -3,6 +3,7 @@ message that says what to change, never turned into wrong output."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -38,3 +39,32 @@ def test_broken_config_is_refused_naming_the_field(tiny_b4_dir, tmp_path):
                                         r"block_length \(4\)"):
         with engine(bad):
             pass
+
+
+# vLLM reports a failed start as "Engine core initialization failed. See root
+# cause above."; the root cause is the worker's log line, read here from the
+# inherited stderr.
+def test_truncated_weights_are_refused_with_a_clear_error(tiny_b4_dir, tmp_path, capfd):
+    bad = tmp_path / "truncated"
+    shutil.copytree(tiny_b4_dir, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(Exception, match="Engine core initialization failed"):
+        with engine(bad):
+            pass
+    assert "Error while deserializing header" in "".join(capfd.readouterr())
+
+
+def test_config_that_disagrees_with_the_weights_is_refused_naming_the_weight(
+        tiny_b4_dir, tmp_path, capfd):
+    bad = tmp_path / "mismatch"
+    shutil.copytree(tiny_b4_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["token_intermediate_size"] = 320  # the weights have 256
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="Engine core initialization failed"):
+        with engine(bad):
+            pass
+    assert re.search(r"shape mismatch for token_decoder\.layers\.\d\.mlp\.dense_\w+\.weight: "
+                     r"the checkpoint has \(\d+, \d+\), config\.json implies", 
+                     "".join(capfd.readouterr()))

@@ -145,11 +145,9 @@ def convert_state_dict(original: dict[str, torch.Tensor],
                        config: BlockTransformerConfig,
                        dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Rename and reshape the original weights; check them against `config`."""
-    from .reference import BlockTransformerForCausalLM
+    from .reference import checkpoint_shapes
 
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in
-                    BlockTransformerForCausalLM(config).state_dict().items()}
+    expected = checkpoint_shapes(config)
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in original.items():
         new = _rename(key)

@@ -347,12 +347,19 @@ class BlockTransformerForCausalLM(nn.Module):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        from .reference import checkpoint_shapes
+
+        expected = checkpoint_shapes(self.config)  # full shapes, before TP sharding
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, weight in weights:
             if name not in params:
                 raise ValueError(f"unexpected weight {name!r} in checkpoint (is it a "
                                  f"directory written by `vllm-block convert`?)")
+            if weight.shape != expected[name]:
+                raise ValueError(f"shape mismatch for {name}: the checkpoint has "
+                                 f"{tuple(weight.shape)}, config.json implies "
+                                 f"{tuple(expected[name])}")
             param = params[name]
             if ".query_key_value." in name:
                 # GPT-NeoX fuses q/k/v per head ([heads, 3, head_dim]); vLLM's
@@ -362,11 +369,11 @@ class BlockTransformerForCausalLM(nn.Module):
                 for shard, part in zip(("q", "k", "v"), parts):
                     param.weight_loader(param, part.flatten(0, 1), shard)
             else:
-                if param.shape != weight.shape and not hasattr(param, "weight_loader"):
-                    raise ValueError(f"shape mismatch for {name}: checkpoint "
-                                     f"{tuple(weight.shape)}, model {tuple(param.shape)}")
                 getattr(param, "weight_loader", default_weight_loader)(param, weight)
             loaded.add(name)
+        missing = sorted(set(expected) - loaded)
+        if missing:
+            raise ValueError(f"checkpoint misses {len(missing)} weight(s), e.g. {missing[0]!r}")
         return loaded
 
     def _heads_of(self, name: str) -> int:

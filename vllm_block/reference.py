@@ -307,6 +307,13 @@ class BlockTransformerForCausalLM(PreTrainedModel):
         return (ids, torch.stack(all_logits, 1)) if output_logits else ids
 
 
+def checkpoint_shapes(config: BlockTransformerConfig) -> dict[str, torch.Size]:
+    """Name -> shape of every weight a checkpoint of `config` holds (the
+    layout `vllm-block convert` writes and the vLLM model loads)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in BlockTransformerForCausalLM(config).state_dict().items()}
+
+
 def sample(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None) -> torch.Tensor:
