@@ -66,5 +66,5 @@ def test_config_that_disagrees_with_the_weights_is_refused_naming_the_weight(
         with engine(bad):
             pass
     assert re.search(r"shape mismatch for token_decoder\.layers\.\d\.mlp\.dense_\w+\.weight: "
-                     r"the checkpoint has \(\d+, \d+\), config\.json implies", 
+                     r"the checkpoint has \(\d+, \d+\), config\.json implies",
                      "".join(capfd.readouterr()))
