@@ -76,7 +76,8 @@ def main() -> None:
         "greedy_identical_requests": f"{sum(same)}/{len(same)}",
         "max_logprob_diff": max(diffs) if diffs else None,
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/tp_throughput.py",
+        "command": f"python benchmarks/tp_throughput.py --requests {args.requests} "
+                   f"--prompt-len {args.prompt_len} --new-tokens {args.new_tokens}",
     }
     out = HERE / "results" / "tp_throughput.json"
     out.parent.mkdir(exist_ok=True)
