@@ -396,7 +396,7 @@ def summarise(runs: list, engines_info: list, peaks: dict, scale: dict) -> dict:
         roof.append({k: m[k] for k in ("dtype", "workload", "model", "column")}
                     | {"measured_tokens_per_s": round(m["median_tokens_per_s"], 2),
                        "limit_tokens_per_s": round(lim["limit_tokens_per_s"], 1),
-                       "fraction_of_limit": round(m["fraction_of_limit"], 3),
+                       "fraction_of_limit": float(f"{m['fraction_of_limit']:.3g}"),
                        "batch": lim["batch"],
                        "gmacs_per_decode_step": round(lim["macs_per_decode_step"] / 1e9, 4),
                        "mbytes_per_decode_step": round(lim["bytes_per_decode_step"] / 1e6, 3),
