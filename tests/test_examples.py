@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from helpers import REPO_ROOT, fixture_dir
-from vllm_block.serving import free_port
+from vllm_block.serving import Server, free_port, wait_healthy
 
 EXAMPLES = REPO_ROOT / "examples"
 # the venv's `vllm` and `vllm-block` commands, whatever PATH the test runner has
@@ -37,27 +36,19 @@ def test_offline_inference_example(tiny_b4_tok_dir):
 
 
 def test_serve_script_and_openai_client_example(tiny_b4_tok_dir, tmp_path):
-    import urllib.request
-
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(["bash", str(EXAMPLES / "serve.sh"), str(tiny_b4_tok_dir)],
-                              env={**ENV, "PORT": str(port)}, stdout=log,
-                              stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(["bash", str(EXAMPLES / "serve.sh"), str(tiny_b4_tok_dir)],
+                            env={**ENV, "PORT": str(port)}, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        deadline = time.time() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.time() < deadline, "server did not become healthy"
-                time.sleep(0.5)
+        wait_healthy(server, timeout=240)
         out = run(sys.executable, str(EXAMPLES / "openai_client.py"), "--base-url",
-                  f"http://127.0.0.1:{port}/v1", "--prompt", "w1 w2 w3", "--max-tokens", "8")
+                  server.url + "/v1", "--prompt", "w1 w2 w3", "--max-tokens", "8")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        proc.terminate()
+        proc.wait(timeout=30)
         log.close()
     assert out.count("tokens/s") == 2 and "chat (streamed)" in out
