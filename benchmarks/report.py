@@ -13,7 +13,7 @@ sys.path.insert(0, str(HERE))
 
 from models import MODELS  # noqa: E402
 
-COL = {"block": "vLLM plugin", "vanilla-gptj": "vLLM GPT-J (native)",
+COL = {"block": "vLLM plugin", "block-fast": "vLLM plugin, fast prefill", "vanilla-gptj": "vLLM GPT-J (native)",
        "vanilla-neox": "vLLM GPT-NeoX (Transformers backend)", "hf": "HF reference generate"}
 
 

@@ -2,7 +2,10 @@
 
 One command measures, side by side in one run (interleaved, repeated):
 
-  block        this plugin's BlockTransformerForCausalLM in vLLM (`LLM.generate`)
+  block        this plugin's BlockTransformerForCausalLM in vLLM (`LLM.generate`),
+               default engine arguments (prompt logprobs available)
+  block-fast   the same with `kv_sharing_fast_prefill=True` (`--kv-sharing-fast-
+               prefill`): the token decoder skips prompt rows nobody reads
   vanilla-gptj the vanilla model's shape as vLLM's native GPT-J (same backend
                overheads as the plugin: no ratio inflated by a slow baseline)
   vanilla-neox GPT-NeoX as vLLM 0.32 serves it: the Transformers backend
@@ -40,6 +43,7 @@ sys.path.insert(0, str(HERE))
 from models import MODELS, PAPER_PAIRS, paper_scale_limits, roofline  # noqa: E402
 
 NBYTES = {"float32": 4, "bfloat16": 2}
+FAST_ONLY = dict(block_columns=["block-fast"])
 
 # Each scale: workloads (name, prompt, new tokens, requests), the KV budget,
 # and groups of models measured side by side (one group's engines are alive
@@ -48,20 +52,23 @@ SCALES = {
     "cpu": dict(
         workloads=[("prefill-heavy", 256, 16, 32), ("decode-heavy", 16, 256, 32)],
         hf_requests=4, kv_budget=256 << 20, max_num_batched_tokens=2048, repeats=3,
-        groups=[("float32", ["vanilla_31", "block_main_b4_5", "block_main_b4_19"]),
+        # block-fast everywhere; the default engine (all prompt rows) only on
+        # the paper pair in fp32, as the before/after of fast prefill (time)
+        groups=[("float32", ["vanilla_31", "block_main_b4_5", "block_main_b4_19"], FAST_ONLY),
                 ("float32", ["vanilla_70", "block_main_b4_85"]),
                 # bf16: the paper pair only, vLLM columns, 2 repeats (time)
                 ("bfloat16", ["vanilla_70", "block_main_b4_85"],
-                 dict(repeats=2, neox=False, hf=False))],
+                 dict(FAST_ONLY, repeats=2, neox=False, hf=False))],
     ),
     "paper": dict(
         workloads=[("prefill-heavy", 2048, 128, 256), ("decode-heavy", 128, 2048, 256)],
         hf_requests=0, kv_budget=24 << 30, max_num_batched_tokens=16384, repeats=1,
         # up to three engines share the GPU: each may claim 30% of it at start-up
         engine_kwargs=dict(gpu_memory_utilization=0.3),
-        groups=[("bfloat16", ["vanilla_70", "block_main_b4_85"]),
-                ("bfloat16", ["vanilla_160", "block_main_b4_300"]),
-                ("bfloat16", ["vanilla_410", "block_main_b4_1.2b"])],
+        # the block model in its throughput setting only (engines share the GPU)
+        groups=[("bfloat16", ["vanilla_70", "block_main_b4_85"], FAST_ONLY),
+                ("bfloat16", ["vanilla_160", "block_main_b4_300"], FAST_ONLY),
+                ("bfloat16", ["vanilla_410", "block_main_b4_1.2b"], FAST_ONLY)],
     ),
     "tiny": dict(
         workloads=[("prefill-heavy", 16, 4, 1), ("decode-heavy", 4, 16, 1)],
@@ -187,6 +194,8 @@ class Engine:
         kwargs.update(scale.get("engine_kwargs", {}))
         if column == "vanilla-neox":
             kwargs["model_impl"] = "transformers"
+        if column == "block-fast":
+            kwargs["kv_sharing_fast_prefill"] = True
         t = time.perf_counter()
         self.llm = LLM(**kwargs)
         self.start_s = time.perf_counter() - t
@@ -270,7 +279,7 @@ class HFRunner:
 
 def columns_for(name: str, args, gi: int, opts: dict) -> list[str]:
     if MODELS[name].kind == "block":
-        cols = ["block"]
+        cols = list(opts.get("block_columns", ["block", "block-fast"]))
     else:
         neox = not args.no_neox and (args.neox_groups is None or gi in args.neox_groups) \
             and opts.get("neox", True)
@@ -278,7 +287,7 @@ def columns_for(name: str, args, gi: int, opts: dict) -> list[str]:
     return cols + (["hf"] if args.hf_requests and opts.get("hf", True) else [])
 
 
-IMPL = {"block": "block", "vanilla-gptj": "gptj", "vanilla-neox": "neox"}
+IMPL = {"block": "block", "block-fast": "block", "vanilla-gptj": "gptj", "vanilla-neox": "neox"}
 
 
 # ---------------------------------------------------------------------------
@@ -299,7 +308,7 @@ def run_group(gi: int, dtype: str, names: list[str], opts: dict, scale: dict, ar
                 continue
             try:
                 eng = Engine(name, col, path, dtype, scale, max_len,
-                             eager=col == "block" or not args.vanilla_graphs)
+                             eager=col.startswith("block") or not args.vanilla_graphs)
             except Exception as exc:  # noqa: BLE001  (recorded, the run goes on)
                 log(f"  {name} {col}: engine failed: {type(exc).__name__}: {exc}")
                 engines_info.append({"model": name, "column": col, "dtype": dtype,
@@ -431,7 +440,7 @@ def plot(summary: dict, out: Path, tag: str) -> list[str]:
         fig, axes = plt.subplots(1, len(wls), figsize=(5.5 * len(wls), 4.2), squeeze=False)
         for ax, wl in zip(axes[0], wls):
             sel = [m for m in meds if m["dtype"] == dtype and m["workload"] == wl]
-            for col, style in (("block", "o-"), ("vanilla-gptj", "s--"),
+            for col, style in (("block", "o-"), ("block-fast", "D-"), ("vanilla-gptj", "s--"),
                                ("vanilla-neox", "^:"), ("hf", "x-.")):
                 for kind in ("block", "vanilla"):
                     pts = sorted((m["params"], m["median_tokens_per_s"]) for m in sel
@@ -439,12 +448,14 @@ def plot(summary: dict, out: Path, tag: str) -> list[str]:
                     if not pts:
                         continue
                     label = {"block": "block (vLLM plugin)",
+                             "block-fast": "block (vLLM plugin, fast prefill)",
                              "vanilla-gptj": "vanilla (vLLM GPT-J)",
                              "vanilla-neox": "vanilla (vLLM GPT-NeoX, Transformers backend)",
                              "hf": f"{kind} (HF reference generate)"}[col]
                     ax.plot([p / 1e6 for p, _ in pts], [t for _, t in pts], style,
-                            label=label, color="C0" if kind == "block" else "C1"
-                            if col != "vanilla-neox" else "C2", alpha=1 if col != "hf" else .5)
+                            label=label, color={"block-fast": "C3", "vanilla-neox": "C2"}.get(
+                                col, "C0" if kind == "block" else "C1"),
+                            alpha=1 if col != "hf" else .5)
             ax.set_xscale("log")
             ax.set_yscale("log")
             p, n = sel[0]["prompt"], sel[0]["new"]

@@ -49,7 +49,8 @@ def test_gpu_reference_script_on_cpu(tmp_path):
 
 
 def test_throughput_script_tiny(tmp_path):
-    """One block engine and one vanilla (GPT-J) engine, 1 request per workload."""
+    """Two block engines (default and fast prefill) and one vanilla (GPT-J)
+    engine, 1 request per workload."""
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--scale", "tiny",
@@ -58,11 +59,12 @@ def test_throughput_script_tiny(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "throughput_tiny.json").read_text())
     cols = {(m["model"], m["column"]) for m in result["medians"]}
-    assert cols == {("tiny_block", "block"), ("tiny_block", "hf"),
+    assert cols == {("tiny_block", "block"), ("tiny_block", "block-fast"), ("tiny_block", "hf"),
                     ("tiny_vanilla", "vanilla-gptj"), ("tiny_vanilla", "hf")}
     assert all(m["median_tokens_per_s"] > 0 for m in result["medians"])
-    vllm_ratios = [r for r in result["ratios"] if r["block_column"] == "block"]
-    assert len(vllm_ratios) == 2  # both workloads
+    for col in ("block", "block-fast"):
+        vllm_ratios = [r for r in result["ratios"] if r["block_column"] == col]
+        assert len(vllm_ratios) == 2  # both workloads
     capacity = {e["model"]: e["kv_capacity_tokens"] for e in result["memory"]["tiny_block"]["vllm"]
                 + result["memory"]["tiny_vanilla"]["vllm"]}
     # same KV budget: the block model holds more tokens (one entry per block)

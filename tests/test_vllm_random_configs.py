@@ -43,3 +43,19 @@ def test_random_config_matches_reference(tmp_path, L, R, block_layers, token_lay
     with engine(path, max_num_batched_tokens=32, max_num_seqs=8) as llm:
         outputs = llm.generate(token_prompts(prompts), greedy_params(2 * L + 3, logprobs=3))
     check_against_reference(model, prompts, outputs)
+
+
+@pytest.mark.parametrize("L,R,block_layers,token_layers,head_dim", CONFIGS[1::2],
+                         ids=[f"L{c[0]}-R{c[1]}" for c in CONFIGS[1::2]])
+def test_random_config_with_fast_prefill_matches_reference(tmp_path, L, R, block_layers,
+                                                           token_layers, head_dim):
+    """Only each request's open block runs through the token decoder."""
+    config = vllm_config(L * 10 + R, L, R, block_layers, token_layers, head_dim)
+    model = random_model(config, seed=L)
+    path = save_model(model, tmp_path / "model")
+    prompts = random_prompts(L, list(range(1, 2 * L + 2)) + [41], vocab=config.vocab_size)
+    with engine(path, max_num_batched_tokens=32, max_num_seqs=8,
+                kv_sharing_fast_prefill=True) as llm:
+        outputs = llm.generate(token_prompts(prompts),
+                               greedy_params(2 * L + 3, logprobs=3, prompt_logprobs=None))
+    check_against_reference(model, prompts, outputs)

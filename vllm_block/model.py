@@ -40,6 +40,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.sequence import IntermediateTensors
 
+from . import fast_prefill
 from .cache import BlockDecoderAttention, TokenDecoderState
 from .config import BlockTransformerConfig, index_in_block, padded_index
 
@@ -140,7 +141,6 @@ class BlockDecoder(nn.Module):
 class StepPlan:
     """Index tensors that map this step's tokens to blocks, rows and windows."""
     block_end: torch.Tensor  # [E] tokens that close a block
-    open_token: torch.Tensor  # [T-E] tokens fed to the token decoder
     end_req: torch.Tensor  # [E] their requests
     end_block: torch.Tensor  # [E] block index each closes
     piece_src_token: torch.Tensor  # [E, L] step token holding piece k (when in step)
@@ -149,16 +149,24 @@ class StepPlan:
     pending_token: torch.Tensor  # tokens of each request's open block after the step
     pending_req: torch.Tensor
     pending_idx: torch.Tensor  # their in-block index
+    open_rows: torch.Tensor  # [M_open] open-block tokens fed to the token decoder
+    end_has_rows: torch.Tensor  # [E] bool: the block's R prefix rows are computed
     row_pos: torch.Tensor  # [M] token-decoder position of each row (0..R+L-2)
     row_win: torch.Tensor  # [M] window of each row
     win_req: torch.Tensor  # [W]
     win_from_state: torch.Tensor  # [W, S] key comes from the stored state
     last_win: torch.Tensor  # [n] each request's open window after the step
-    out_row: torch.Tensor  # [T] row whose output is token t's hidden state
+    out_token: torch.Tensor  # tokens whose hidden state this step computes
+    out_row: torch.Tensor  # the row holding each one's hidden state
 
     @classmethod
     def build(cls, positions: torch.Tensor, query_start_loc: torch.Tensor,
-              block_length: int, prefix_length: int) -> "StepPlan":
+              block_length: int, prefix_length: int,
+              last_windows_only: bool = False) -> "StepPlan":
+        """`last_windows_only` keeps just the token-decoder rows of each
+        request's open window after the step: they make its stored state and
+        hold its last token's hidden state (the one vLLM samples from). The
+        other prompt positions' outputs are only needed for prompt logprobs."""
         L, R = block_length, prefix_length
         S = R + L - 1
         dev = positions.device
@@ -180,24 +188,34 @@ class StepPlan:
         piece_in_step = src_pos >= first_pos[end_req, None]
         piece_is_pad = src_pos < 0
 
-        # the open block after the step (none if the last token closed one)
-        last_open = ~ends[last]
-        pend = ~ends & (block == block[last][req]) & last_open[req]
+        # the open block after the step (a fresh one if the last token closed one)
+        last_block = block[last] + ends[last].long()
+        pend = ~ends & (block == last_block[req])
         pending_token = pend.nonzero().squeeze(1)
 
-        # windows: request r covers blocks b_first(r) .. b_last(r) (+1 if its
-        # last token closed a block); a row of block c is a token of block c
-        # or a prefix position made from block c-1's context.
+        # rows: each open token is one (in its block's window); each closed
+        # block gives R prefix positions of the next block's window.
+        if last_windows_only:
+            open_rows = open_token[block[open_token] == last_block[req[open_token]]]
+            end_has_rows = block[block_end] + 1 == last_block[end_req]
+        else:
+            open_rows = open_token
+            end_has_rows = torch.ones(E, dtype=torch.bool, device=dev)
+        end_rows = block_end[end_has_rows]
+
+        # windows: request r covers blocks b_first(r) .. last_block(r), or
+        # only its last one
         b_first = block[first]
-        n_win = block[last] + ends[last].long() - b_first + 1
+        win_first = last_block if last_windows_only else b_first
+        n_win = last_block - win_first + 1
         win_start = torch.cumsum(n_win, 0) - n_win
         W = int(n_win.sum())
         win_req = torch.repeat_interleave(torch.arange(n, device=dev), n_win, output_size=W)
-        win_block = b_first[win_req] + torch.arange(W, device=dev) - win_start[win_req]
-        row_req = torch.cat([req[open_token], end_req.repeat_interleave(R)])
-        row_block = torch.cat([block[open_token], (block[block_end] + 1).repeat_interleave(R)])
-        row_pos = torch.cat([R + j[open_token], torch.arange(R, device=dev).repeat(E)])
-        row_win = win_start[row_req] + row_block - b_first[row_req]
+        win_block = win_first[win_req] + torch.arange(W, device=dev) - win_start[win_req]
+        row_req = torch.cat([req[open_rows], req[end_rows].repeat_interleave(R)])
+        row_block = torch.cat([block[open_rows], (block[end_rows] + 1).repeat_interleave(R)])
+        row_pos = torch.cat([R + j[open_rows], torch.arange(R, device=dev).repeat(len(end_rows))])
+        row_win = win_start[row_req] + row_block - win_first[row_req]
         # the first window continues the stored state when the step starts
         # mid-block: its positions before the first new one are cached
         j_first = j[first]
@@ -205,16 +223,17 @@ class StepPlan:
         first_new = R + j_first[win_req]
         win_from_state = continues[:, None] & (torch.arange(S, device=dev) < first_new[:, None])
 
-        out_row = torch.empty(T, dtype=torch.long, device=dev)
-        out_row[open_token] = torch.arange(open_token.numel(), device=dev)
-        out_row[block_end] = open_token.numel() + torch.arange(E, device=dev) * R + R - 1
-        return cls(block_end=block_end, open_token=open_token, end_req=end_req,
-                   end_block=block[block_end], piece_src_token=block_end[:, None] - back,
-                   piece_in_step=piece_in_step, piece_is_pad=piece_is_pad,
-                   pending_token=pending_token, pending_req=req[pending_token],
-                   pending_idx=j[pending_token], row_pos=row_pos, row_win=row_win,
-                   win_req=win_req, win_from_state=win_from_state,
-                   last_win=win_start + n_win - 1, out_row=out_row)
+        M_open = open_rows.numel()
+        out_token = torch.cat([open_rows, end_rows])
+        out_row = torch.cat([torch.arange(M_open, device=dev),
+                             M_open + torch.arange(end_rows.numel(), device=dev) * R + R - 1])
+        return cls(block_end=block_end, end_req=end_req, end_block=block[block_end],
+                   piece_src_token=block_end[:, None] - back, piece_in_step=piece_in_step,
+                   piece_is_pad=piece_is_pad, pending_token=pending_token,
+                   pending_req=req[pending_token], pending_idx=j[pending_token],
+                   open_rows=open_rows, end_has_rows=end_has_rows, row_pos=row_pos,
+                   row_win=row_win, win_req=win_req, win_from_state=win_from_state,
+                   last_win=win_start + n_win - 1, out_token=out_token, out_row=out_row)
 
 
 class TokenDecoder(nn.Module):
@@ -272,6 +291,8 @@ class BlockTransformerForCausalLM(nn.Module):
         config: BlockTransformerConfig = vllm_config.model_config.hf_config
         self.config = config
         self.L, self.R = config.block_length, config.prefix_length
+        # see fast_prefill.py: prompt positions' outputs are not needed
+        self.last_windows_only = fast_prefill.enabled(vllm_config)
         dtype = vllm_config.model_config.dtype
         self.embedder = VocabParallelEmbedding(config.vocab_size, config.embedder_hidden_size,
                                                prefix=f"{prefix}embedder")
@@ -315,7 +336,7 @@ class BlockTransformerForCausalLM(nn.Module):
         vocab = self.config.vocab_size
         ids = torch.where((ids >= 0) & (ids < vocab), ids, self.config.pad_token_id)
         L, R = self.L, self.R
-        plan = StepPlan.build(pos, meta.query_start_loc, L, R)
+        plan = StepPlan.build(pos, meta.query_start_loc, L, R, self.last_windows_only)
 
         # 1. block decoder on the blocks this step completes
         pieces = self.embedder(ids)  # [T, D_block / L]
@@ -331,16 +352,17 @@ class BlockTransformerForCausalLM(nn.Module):
                 emb = torch.where(plan.piece_in_step[..., None], emb,
                                   torch.where(plan.piece_is_pad[..., None], pad, stored))
             ctx = self.block_decoder(emb.reshape(E, -1), plan.end_block)
-            prefix_rows = self.expansion(ctx)[0].reshape(E * R, hidden_size)
+            ctx = ctx[plan.end_has_rows]
+            prefix_rows = self.expansion(ctx)[0].reshape(ctx.shape[0] * R, hidden_size)
         else:
             prefix_rows = pieces.new_empty(0, hidden_size)
         if L > 1 and plan.pending_token.numel():
             pending[slot0[plan.pending_req], plan.pending_idx] = pieces[plan.pending_token]
 
-        # 2. token decoder on every row of the step
-        rows = torch.cat([self.token_embed(ids[plan.open_token]), prefix_rows])
+        # 2. token decoder on the step's rows
+        rows = torch.cat([self.token_embed(ids[plan.open_rows]), prefix_rows])
         rows = self.token_decoder(rows, plan, attn_metadata)
-        out[:T] = self.token_decoder.final_layer_norm(rows[plan.out_row])
+        out[plan.out_token] = self.token_decoder.final_layer_norm(rows[plan.out_row])
         return out
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:

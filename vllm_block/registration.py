@@ -47,6 +47,7 @@ def _engine_config_hook():
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
+            from . import fast_prefill
             from .cache import KERNEL_ENTRIES_PER_PAGE, block_size_ok, default_block_size
 
             hf = vllm_config.model_config.hf_config
@@ -74,6 +75,8 @@ def _engine_config_hook():
             # The step's shapes depend on how many blocks close in it, so
             # the forward cannot be captured as a CUDA graph.
             vllm_config.model_config.enforce_eager = True
+            if fast_prefill.enabled(vllm_config):
+                fast_prefill.install_guard(vllm_config)
             MambaModelConfig.verify_and_update_config(vllm_config)
 
     return BlockTransformerEngineConfig
