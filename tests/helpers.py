@@ -6,6 +6,8 @@ import io
 import json
 import random
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -133,3 +135,14 @@ def random_model(config: BlockTransformerConfig, seed: int = 0) -> BlockTransfor
                 module.weight.normal_(1.0, 0.2)
                 module.bias.normal_(0.0, 0.1)
     return model
+
+
+def http_post(url: str, path: str, body: bytes, timeout: float = 120) -> tuple[int, bytes]:
+    """POST raw bytes as JSON to a loopback server; (status, body), 4xx/5xx included."""
+    req = urllib.request.Request(url + path, data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

@@ -7,15 +7,13 @@ import asyncio
 import hashlib
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import REPO_ROOT, greedy_cases
+from helpers import REPO_ROOT, greedy_cases, http_post as post
 from vllm_block.serving import vllm_serve
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -96,16 +94,6 @@ COMMON = {
 }
 PROMPT = st.one_of(st.text(max_size=40),  # odd unicode included
                    st.lists(st.integers(-10, 2000), max_size=30), JSON)
-
-
-def post(url: str, path: str, body: bytes) -> tuple[int, bytes]:
-    req = urllib.request.Request(url + path, data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def check_valid_request_still_works(url: str) -> None:

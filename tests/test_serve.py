@@ -4,12 +4,10 @@ fixture with a word-level tokenizer (id i is the word "wi")."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
-from helpers import greedy_cases
+from helpers import greedy_cases, http_post
 from vllm_block.serving import vllm_serve
 
 CASES = greedy_cases()
@@ -33,16 +31,6 @@ def client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
-def post(server: str, path: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(server + path, data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
 
 
 def test_models_endpoint_lists_the_served_model(client):
@@ -115,8 +103,9 @@ def test_n_seed_stop_and_echo(client):
 ])
 def test_bad_requests_get_a_4xx_with_a_clear_message_and_the_server_lives(
         server, client, body, fragment):
-    status, err = post(server, "/v1/completions",
-                       json.dumps({"model": MODEL, "max_tokens": 4, **body}).encode())
+    status, raw = http_post(server, "/v1/completions",
+                            json.dumps({"model": MODEL, "max_tokens": 4, **body}).encode())
+    err = json.loads(raw or b"{}")
     assert 400 <= status < 500, (status, err)
     assert fragment.lower() in json.dumps(err).lower(), err
     ok = client.completions.create(model=MODEL, prompt=CASES[0]["prompt"], max_tokens=NEW,
@@ -126,5 +115,5 @@ def test_bad_requests_get_a_4xx_with_a_clear_message_and_the_server_lives(
 
 
 def test_malformed_json_gets_a_4xx(server):
-    status, _ = post(server, "/v1/completions", b'{"model": "tiny", "prompt": [1, 2')
+    status, _ = http_post(server, "/v1/completions", b'{"model": "tiny", "prompt": [1, 2')
     assert 400 <= status < 500
