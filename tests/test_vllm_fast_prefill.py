@@ -5,22 +5,16 @@ preemption and prefix caching; prompt logprobs, which would read the skipped
 rows, are refused with a clear error on both the offline and the HTTP path."""
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from engine import (check_against_cases, check_against_reference, engine, greedy_params,
                     metric, token_prompts)
 from helpers import greedy_cases
+from test_vllm_scheduling import random_prompts
 
 CASES = [{**c, "prompt_logprobs": None} for c in greedy_cases()]  # not available here
 NEW = len(CASES[0]["greedy"])
 FAST = dict(kv_sharing_fast_prefill=True)
-
-
-def random_prompts(seed: int, lengths: list[int], vocab: int = 512) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
 
 
 @pytest.fixture(scope="module")

@@ -30,19 +30,25 @@ def vllm_config(seed: int, L: int, R: int, block_layers: int, token_layers: int,
                          block_num_attention_heads=heads)
 
 
-@pytest.mark.parametrize("L,R,block_layers,token_layers,head_dim", CONFIGS,
-                         ids=[f"L{c[0]}-R{c[1]}" for c in CONFIGS])
-def test_random_config_matches_reference(tmp_path, L, R, block_layers, token_layers,
-                                         head_dim):
+def check_random_config(tmp_path, L: int, R: int, block_layers: int, token_layers: int,
+                        head_dim: int, **engine_kwargs) -> None:
     config = vllm_config(L * 10 + R, L, R, block_layers, token_layers, head_dim)
     model = random_model(config, seed=L)
     path = save_model(model, tmp_path / "model")
     # every prompt length modulo L, plus a long one
-    lengths = list(range(1, 2 * L + 2)) + [41]
-    prompts = random_prompts(L, lengths, vocab=config.vocab_size)
-    with engine(path, max_num_batched_tokens=32, max_num_seqs=8) as llm:
-        outputs = llm.generate(token_prompts(prompts), greedy_params(2 * L + 3, logprobs=3))
+    prompts = random_prompts(L, list(range(1, 2 * L + 2)) + [41], vocab=config.vocab_size)
+    fast = engine_kwargs.get("kv_sharing_fast_prefill", False)
+    with engine(path, max_num_batched_tokens=32, max_num_seqs=8, **engine_kwargs) as llm:
+        outputs = llm.generate(token_prompts(prompts), greedy_params(
+            2 * L + 3, logprobs=3, prompt_logprobs=None if fast else 1))
     check_against_reference(model, prompts, outputs)
+
+
+@pytest.mark.parametrize("L,R,block_layers,token_layers,head_dim", CONFIGS,
+                         ids=[f"L{c[0]}-R{c[1]}" for c in CONFIGS])
+def test_random_config_matches_reference(tmp_path, L, R, block_layers, token_layers,
+                                         head_dim):
+    check_random_config(tmp_path, L, R, block_layers, token_layers, head_dim)
 
 
 @pytest.mark.parametrize("L,R,block_layers,token_layers,head_dim", CONFIGS[1::2],
@@ -50,12 +56,5 @@ def test_random_config_matches_reference(tmp_path, L, R, block_layers, token_lay
 def test_random_config_with_fast_prefill_matches_reference(tmp_path, L, R, block_layers,
                                                            token_layers, head_dim):
     """Only each request's open block runs through the token decoder."""
-    config = vllm_config(L * 10 + R, L, R, block_layers, token_layers, head_dim)
-    model = random_model(config, seed=L)
-    path = save_model(model, tmp_path / "model")
-    prompts = random_prompts(L, list(range(1, 2 * L + 2)) + [41], vocab=config.vocab_size)
-    with engine(path, max_num_batched_tokens=32, max_num_seqs=8,
-                kv_sharing_fast_prefill=True) as llm:
-        outputs = llm.generate(token_prompts(prompts),
-                               greedy_params(2 * L + 3, logprobs=3, prompt_logprobs=None))
-    check_against_reference(model, prompts, outputs)
+    check_random_config(tmp_path, L, R, block_layers, token_layers, head_dim,
+                        kv_sharing_fast_prefill=True)
