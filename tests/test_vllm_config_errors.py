@@ -29,6 +29,19 @@ def test_default_block_size_is_chosen_for_the_block_length(tiny_b4_dir):
     assert cfg.cache_config.block_size == 128  # 32 block entries of 4 tokens
 
 
+def test_speculative_decoding_is_refused(tiny_b4_dir):
+    from vllm.engine.arg_utils import EngineArgs
+
+    import vllm_block.registration
+
+    vllm_block.registration.register()
+    args = EngineArgs(model=str(tiny_b4_dir), skip_tokenizer_init=True, max_model_len=256,
+                      speculative_config={"method": "ngram", "num_speculative_tokens": 2,
+                                          "prompt_lookup_max": 3})
+    with pytest.raises(Exception, match="speculative decoding is not supported"):
+        args.create_engine_config()
+
+
 def test_broken_config_is_refused_naming_the_field(tiny_b4_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_b4_dir, bad)

@@ -63,6 +63,12 @@ def _engine_config_hook():
                     f"{KERNEL_ENTRIES_PER_PAGE} block entries, so block_size must be a "
                     f"multiple of {KERNEL_ENTRIES_PER_PAGE * L} (e.g. "
                     f"{default_block_size(L)}), or leave it unset")
+            if vllm_config.speculative_config is not None:
+                raise ValueError(
+                    "speculative decoding is not supported for Block Transformer "
+                    "models: the token decoder's per-request state would keep the "
+                    "K/V of rejected draft tokens; start the engine without "
+                    "--speculative-config")
             tp = vllm_config.parallel_config.tensor_parallel_size
             for dec in ("block", "token"):
                 for field, what in (("num_attention_heads", "attention heads"),
