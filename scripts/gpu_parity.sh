@@ -19,7 +19,7 @@ if [ ! -x .venv-gpu/bin/python ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv
 TESTS=(tests/test_reference_parity.py tests/test_vllm_fixture.py tests/test_vllm_scheduling.py
-       tests/test_vllm_random_configs.py tests/test_vllm_bfloat16.py
+       tests/test_vllm_random_configs.py tests/test_vllm_fast_prefill.py tests/test_vllm_bfloat16.py
        tests/test_vllm_config_errors.py)
 # tensor parallelism (TP=2 parity, TP/DP serving) when two or more GPUs are visible
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then TESTS+=(tests/test_vllm_parallel.py); fi
