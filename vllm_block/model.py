@@ -150,7 +150,7 @@ class StepPlan:
     pending_req: torch.Tensor
     pending_idx: torch.Tensor  # their in-block index
     open_rows: torch.Tensor  # [M_open] open-block tokens fed to the token decoder
-    end_has_rows: torch.Tensor  # [E] bool: the block's R prefix rows are computed
+    end_has_rows: torch.Tensor | None  # [E] bool: its R prefix rows are computed (None: all)
     row_pos: torch.Tensor  # [M] token-decoder position of each row (0..R+L-2)
     row_win: torch.Tensor  # [M] window of each row
     win_req: torch.Tensor  # [W]
@@ -198,10 +198,9 @@ class StepPlan:
         if last_windows_only:
             open_rows = open_token[block[open_token] == last_block[req[open_token]]]
             end_has_rows = block[block_end] + 1 == last_block[end_req]
+            end_rows = block_end[end_has_rows]
         else:
-            open_rows = open_token
-            end_has_rows = torch.ones(E, dtype=torch.bool, device=dev)
-        end_rows = block_end[end_has_rows]
+            open_rows, end_has_rows, end_rows = open_token, None, block_end
 
         # windows: request r covers blocks b_first(r) .. last_block(r), or
         # only its last one
@@ -352,7 +351,8 @@ class BlockTransformerForCausalLM(nn.Module):
                 emb = torch.where(plan.piece_in_step[..., None], emb,
                                   torch.where(plan.piece_is_pad[..., None], pad, stored))
             ctx = self.block_decoder(emb.reshape(E, -1), plan.end_block)
-            ctx = ctx[plan.end_has_rows]
+            if plan.end_has_rows is not None:
+                ctx = ctx[plan.end_has_rows]
             prefix_rows = self.expansion(ctx)[0].reshape(ctx.shape[0] * R, hidden_size)
         else:
             prefix_rows = pieces.new_empty(0, hidden_size)
