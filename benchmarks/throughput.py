@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from gpu_reference import build, generate  # noqa: E402  (the plain-PyTorch models)
 from models import MODELS, PAPER_PAIRS, paper_scale_limits, roofline  # noqa: E402
 
 NBYTES = {"float32": 4, "bfloat16": 2}
@@ -150,25 +151,16 @@ def make_checkpoint(name: str, impl: str, dtype: str, cache: Path) -> Path:
     if (path / "config.json").exists():
         return path
     spec = MODELS[name]
-    torch.manual_seed(0)
     tdtype = getattr(torch, dtype)
-    if impl == "block":
-        from vllm_block import BlockTransformerConfig, BlockTransformerForCausalLM
-
-        cfg = BlockTransformerConfig(architectures=["BlockTransformerForCausalLM"],
-                                     **{**spec.block_config(), "max_position_embeddings": 4096})
-        model = BlockTransformerForCausalLM(cfg)
-    elif impl == "neox":
-        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**{**spec.hf_config(),
-                                                    "max_position_embeddings": 4096}))
-    elif impl == "gptj":
+    if impl == "gptj":
         from transformers import GPTJConfig, GPTJForCausalLM
 
+        torch.manual_seed(0)
         model = GPTJForCausalLM(GPTJConfig(**{**spec.gptj_config(), "n_positions": 4096}))
+    elif impl == ("block" if spec.kind == "block" else "neox"):
+        model = build(name, tdtype, "cpu")  # the same weights as the HF column's
     else:
-        raise ValueError(impl)
+        raise ValueError(f"{name} cannot be built as {impl}")
     tmp = path.with_name(path.name + ".tmp")
     model.to(tdtype).save_pretrained(tmp)
     tmp.rename(path)
@@ -258,13 +250,7 @@ class HFRunner:
 
         ids = torch.tensor(prompts, device=self.device)
         t = time.perf_counter()
-        with torch.no_grad():
-            if self.kind == "block":
-                out = self.model.generate(ids, max_new_tokens=new)
-            else:
-                out = self.model.generate(ids, attention_mask=torch.ones_like(ids),
-                                          max_new_tokens=new, min_new_tokens=new,
-                                          do_sample=False, pad_token_id=0, use_cache=True)
+        out = generate(self.model, self.kind, ids, new)
         if self.device != "cpu":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t
