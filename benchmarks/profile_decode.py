@@ -19,6 +19,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,9 +27,11 @@ from pathlib import Path
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the model lives in this process
 
 HERE = Path(__file__).resolve().parent
-B4_19 = dict(block_length=4, prefix_length=2, vocab_size=50304, max_position_embeddings=2048,
-             block_num_hidden_layers=3, block_hidden_size=512,
-             token_num_hidden_layers=3, token_hidden_size=512)
+sys.path.insert(0, str(HERE))
+
+from models import MODELS  # noqa: E402
+
+B4_19 = {**MODELS["block_main_b4_19"].block_config(), "max_position_embeddings": 2048}
 
 
 def make_model(path: Path, dtype: str) -> Path:
