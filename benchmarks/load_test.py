@@ -5,8 +5,9 @@
 Starts `vllm serve MODEL_DIR` on 127.0.0.1, then runs rounds of concurrent
 streaming requests (completions and chat, mixed prompt lengths from 1 token
 to near max_model_len, mixed sampling parameters, ~20% of clients
-disconnecting mid-stream). Afterwards every greedy request that completed is
-run again alone and must return exactly the same text. Records requests/s,
+disconnecting mid-stream; greedy, seeded and unseeded sampling). Afterwards
+every greedy or seeded request that completed is run again alone and must
+return exactly the same text. Records requests/s,
 p50/p99 time to first token and latency, aborted requests, errors,
 preemptions (from /metrics) and the server's resident memory over time.
 Writes benchmarks/results/load_test.json. The test suite runs a short version
@@ -39,6 +40,11 @@ class Request:
     params: dict
     disconnect_after: int | None  # chunks; None = read to the end
 
+    @property
+    def reproducible(self) -> bool:
+        """Greedy or seeded: the text must equal the same request sent alone."""
+        return self.greedy or "seed" in self.params
+
 
 @dataclass
 class Result:
@@ -59,7 +65,8 @@ class LoadReport:
     aborted: int = 0
     errors: int = 0
     mismatches: int = 0
-    greedy_checked: int = 0
+    greedy_checked: int = 0  # greedy or seeded requests compared with a solo run
+    seeded_checked: int = 0
     duration_s: float = 0.0
     requests_per_s: float = 0.0
     ttft_p50_s: float | None = None
@@ -82,12 +89,12 @@ def make_requests(n: int, vocab: int, max_model_len: int, decode, seed: int = 0,
         longest = max_model_len - max_tokens - 16
         length = rng.choice([1, 2, 3, rng.randint(4, 64), rng.randint(64, longest), longest])
         ids = [rng.randrange(1, vocab) for _ in range(length)]
-        greedy = rng.random() < 0.5
-        # no `seed`: vLLM 0.32's CPU worker crashes when a seeded request's
-        # prefill is chunked ("CPU Generator does not use offset"), any model
+        greedy = rng.random() < 0.4
         params = {"temperature": 0.0} if greedy else {
             "temperature": rng.choice([0.5, 0.8, 1.2]), "top_p": rng.choice([0.8, 0.95, 1.0]),
             "extra_body": {"top_k": rng.choice([0, 20, 50])}}
+        if not greedy and rng.random() < 0.5:
+            params["seed"] = rng.randrange(2**31)
         kind = "chat" if rng.random() < 0.3 else "completion"
         text = decode(ids[:min(length, 48)]) if kind == "chat" else ""
         disconnect = rng.randint(1, 3) if rng.random() < disconnect_share else None
@@ -156,7 +163,7 @@ def pct(values: list[float], q: float) -> float | None:
 async def run_load(server, model: str, requests: list[Request], rounds: int = 1,
                    concurrency: int = 64) -> tuple[LoadReport, list[Result]]:
     """Run `requests` `rounds` times with `concurrency` clients at once, then
-    check every completed greedy request against a solo, non-streamed run."""
+    check every completed greedy or seeded request against a solo, non-streamed run."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
@@ -187,14 +194,15 @@ async def run_load(server, model: str, requests: list[Request], rounds: int = 1,
     by_idx = {r.idx: r for r in requests}
     solo: dict[int, Result] = {}
     mismatches = 0
-    checked = 0
+    checked = seeded = 0
     for res in results:
         req = by_idx[res.idx]
-        if not (req.greedy and res.ok and not res.aborted):
+        if not (req.reproducible and res.ok and not res.aborted):
             continue
         if res.idx not in solo:
             solo[res.idx] = await run_one(client, model, req, stream=False)
         checked += 1
+        seeded += not req.greedy
         if solo[res.idx].text != res.text:
             mismatches += 1
     third = max(1, len(rss) // 3)
@@ -202,7 +210,7 @@ async def run_load(server, model: str, requests: list[Request], rounds: int = 1,
         requests=len(results), completed=sum(r.ok and not r.aborted for r in results),
         aborted=sum(r.aborted for r in results),
         errors=sum(not r.ok and not r.aborted for r in results),
-        mismatches=mismatches, greedy_checked=checked, duration_s=round(duration, 2),
+        mismatches=mismatches, greedy_checked=checked, seeded_checked=seeded, duration_s=round(duration, 2),
         requests_per_s=round(len(results) / duration, 2),
         ttft_p50_s=pct([r.ttft for r in results if r.ttft], 0.5),
         ttft_p99_s=pct([r.ttft for r in results if r.ttft], 0.99),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from . import cpu_seed_rewind
 from .config import ARCHITECTURE, MODEL_TYPE
 
 
@@ -26,6 +27,8 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "vllm_block.model:BlockTransformerForCausalLM")
     MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, _engine_config_hook())
+    # vLLM 0.32 bug fix for every model on CPU (see the module's docstring)
+    cpu_seed_rewind.install()
 
 
 def _register_with_vllm_config_loader() -> None:
