@@ -81,3 +81,34 @@ def test_config_that_disagrees_with_the_weights_is_refused_naming_the_weight(
     assert re.search(r"shape mismatch for token_decoder\.layers\.\d\.mlp\.dense_\w+\.weight: "
                      r"the checkpoint has \(\d+, \d+\), config\.json implies",
                      "".join(capfd.readouterr()))
+
+
+def engine_config(model, **kwargs):
+    """vLLM's engine config for `model` (the plugin's hook runs in it); no engine."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    import vllm_block.registration
+
+    vllm_block.registration.register()
+    return EngineArgs(model=str(model), skip_tokenizer_init=True, max_model_len=256,
+                      **kwargs).create_engine_config()
+
+
+def test_lora_is_refused_at_once_by_the_config_hook(tiny_b4_dir):
+    with pytest.raises(Exception, match="LoRA is not supported for Block Transformer"):
+        engine_config(tiny_b4_dir, enable_lora=True)
+
+
+@pytest.mark.parametrize("flag", [("--enable-lora",), ("--quantization", "fp8")])
+def test_vllm_serve_refuses_an_unsupported_option_before_starting_an_engine(
+        tiny_b4_tok_dir, tmp_path, flag):
+    from vllm_block.serving import vllm_serve
+
+    what = "LoRA" if flag[0] == "--enable-lora" else "quantization method 'fp8'"
+    log = tmp_path / "server.log"
+    with pytest.raises(RuntimeError, match="vllm serve exited"):
+        with vllm_serve(tiny_b4_tok_dir, "--dtype", "bfloat16", *flag, log=log, timeout=120):
+            pass
+    text = log.read_text()
+    assert what in text and "not supported" in text, text[-3000:]
+    assert "Initializing a V1 LLM engine" not in text

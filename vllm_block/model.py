@@ -34,6 +34,7 @@ from vllm.model_executor.layers.layernorm import LayerNorm
 from vllm.model_executor.layers.linear import (ColumnParallelLinear, QKVParallelLinear,
                                                RowParallelLinear)
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.quantization import QuantizationConfig
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
                                                                  VocabParallelEmbedding)
@@ -42,7 +43,7 @@ from vllm.sequence import IntermediateTensors
 
 from . import fast_prefill
 from .cache import BlockDecoderAttention, TokenDecoderState
-from .config import BlockTransformerConfig, index_in_block, padded_index
+from .config import BlockTransformerConfig, index_in_block, num_complete_blocks, padded_index
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,14 +53,17 @@ class NeoXAttention(nn.Module):
     supplied by the decoder (paged over blocks, or local within a block)."""
 
     def __init__(self, hidden: int, heads: int, rotary_pct: float, rope_theta: float,
-                 max_position: int, prefix: str) -> None:
+                 max_position: int, quant_config: QuantizationConfig | None,
+                 prefix: str) -> None:
         super().__init__()
         tp = get_tensor_model_parallel_world_size()
         self.num_heads = heads // tp
         self.head_dim = hidden // heads
         self.query_key_value = QKVParallelLinear(hidden, self.head_dim, heads, bias=True,
+                                                 quant_config=quant_config,
                                                  prefix=f"{prefix}.query_key_value")
-        self.dense = RowParallelLinear(hidden, hidden, bias=True, prefix=f"{prefix}.dense")
+        self.dense = RowParallelLinear(hidden, hidden, bias=True, quant_config=quant_config,
+                                       prefix=f"{prefix}.dense")
         self.rotary_emb = get_rope(self.head_dim, max_position=max_position,
                                    is_neox_style=True,
                                    rope_parameters={"rope_theta": rope_theta,
@@ -74,11 +78,13 @@ class NeoXAttention(nn.Module):
 
 
 class NeoXMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, act: str, prefix: str) -> None:
+    def __init__(self, hidden: int, intermediate: int, act: str,
+                 quant_config: QuantizationConfig | None, prefix: str) -> None:
         super().__init__()
         self.dense_h_to_4h = ColumnParallelLinear(hidden, intermediate,
+                                                  quant_config=quant_config,
                                                   prefix=f"{prefix}.dense_h_to_4h")
-        self.dense_4h_to_h = RowParallelLinear(intermediate, hidden,
+        self.dense_4h_to_h = RowParallelLinear(intermediate, hidden, quant_config=quant_config,
                                                prefix=f"{prefix}.dense_4h_to_h")
         self.act = get_act_fn(act)  # "gelu" is the exact (erf) form
 
@@ -90,7 +96,7 @@ class NeoXMLP(nn.Module):
 
 class NeoXLayer(nn.Module):
     def __init__(self, config: BlockTransformerConfig, decoder: str, max_position: int,
-                 prefix: str) -> None:
+                 quant_config: QuantizationConfig | None, prefix: str) -> None:
         super().__init__()
         d = config.decoder_params(decoder)
         hidden, eps = d["hidden_size"], d["layer_norm_eps"]
@@ -98,9 +104,9 @@ class NeoXLayer(nn.Module):
         self.input_layernorm = LayerNorm(hidden, eps=eps)
         self.post_attention_layernorm = LayerNorm(hidden, eps=eps)
         self.attention = NeoXAttention(hidden, d["num_attention_heads"], d["rotary_pct"],
-                                       d["rotary_emb_base"], max_position,
+                                       d["rotary_emb_base"], max_position, quant_config,
                                        prefix=f"{prefix}.attention")
-        self.mlp = NeoXMLP(hidden, d["intermediate_size"], d["hidden_act"],
+        self.mlp = NeoXMLP(hidden, d["intermediate_size"], d["hidden_act"], quant_config,
                            prefix=f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
@@ -112,13 +118,21 @@ class NeoXLayer(nn.Module):
 
 
 class BlockDecoder(nn.Module):
-    """GPT-NeoX over block embeddings; rotary position = block index."""
+    """GPT-NeoX over block embeddings; rotary position = block index.
+
+    The rotary table covers the engine's `max_model_len`, which a user may
+    set past the trained positions (VLLM_ALLOW_LONG_MAX_MODEL_LEN): quality
+    there is theirs to judge, but positions past the table would read
+    garbage (NaN logits)."""
 
     def __init__(self, config: BlockTransformerConfig, cache_config: CacheConfig | None,
+                 quant_config: QuantizationConfig | None, max_model_len: int,
                  prefix: str) -> None:
         super().__init__()
+        max_blocks = max(config.block_max_position_embeddings,
+                         num_complete_blocks(max_model_len, config.block_length) + 1)
         self.layers = nn.ModuleList(
-            NeoXLayer(config, "block", config.block_max_position_embeddings,
+            NeoXLayer(config, "block", max_blocks, quant_config,
                       prefix=f"{prefix}.layers.{i}")
             for i in range(config.block_num_hidden_layers))
         for i, layer in enumerate(self.layers):
@@ -240,12 +254,14 @@ class TokenDecoder(nn.Module):
     a bounded per-request state instead of a growing KV cache."""
 
     def __init__(self, config: BlockTransformerConfig, dtype: torch.dtype,
-                 first_layer_index: int, prefix: str) -> None:
+                 quant_config: QuantizationConfig | None, first_layer_index: int,
+                 prefix: str) -> None:
         super().__init__()
         L, R = config.block_length, config.prefix_length
         self.window = R + L - 1
         self.layers = nn.ModuleList(
-            NeoXLayer(config, "token", self.window, prefix=f"{prefix}.layers.{i}")
+            NeoXLayer(config, "token", self.window, quant_config,
+                      prefix=f"{prefix}.layers.{i}")
             for i in range(config.token_num_hidden_layers))
         self.final_layer_norm = LayerNorm(config.token_hidden_size,
                                           eps=config.token_layer_norm_eps)
@@ -293,19 +309,24 @@ class BlockTransformerForCausalLM(nn.Module):
         # see fast_prefill.py: prompt positions' outputs are not needed
         self.last_windows_only = fast_prefill.enabled(vllm_config)
         dtype = vllm_config.model_config.dtype
+        quant_config = vllm_config.quant_config
         self.embedder = VocabParallelEmbedding(config.vocab_size, config.embedder_hidden_size,
                                                prefix=f"{prefix}embedder")
-        self.block_decoder = BlockDecoder(config, vllm_config.cache_config,
+        self.block_decoder = BlockDecoder(config, vllm_config.cache_config, quant_config,
+                                          vllm_config.model_config.max_model_len,
                                           prefix=f"{prefix}block_decoder")
         self.expansion = ColumnParallelLinear(config.block_hidden_size,
                                               self.R * config.token_hidden_size, bias=True,
-                                              gather_output=True, prefix=f"{prefix}expansion")
+                                              gather_output=True, quant_config=quant_config,
+                                              prefix=f"{prefix}expansion")
         self.token_embed = VocabParallelEmbedding(config.vocab_size, config.token_hidden_size,
                                                   prefix=f"{prefix}token_embed")
-        self.token_decoder = TokenDecoder(config, dtype, config.block_num_hidden_layers,
+        self.token_decoder = TokenDecoder(config, dtype, quant_config,
+                                          config.block_num_hidden_layers,
                                           prefix=f"{prefix}token_decoder")
         self.lm_head = ParallelLMHead(config.vocab_size, config.token_hidden_size,
-                                      bias=False, prefix=f"{prefix}lm_head")
+                                      bias=False, quant_config=quant_config,
+                                      prefix=f"{prefix}lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     @classmethod

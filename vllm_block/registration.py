@@ -50,7 +50,7 @@ def _engine_config_hook():
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
-            from . import fast_prefill
+            from . import fast_prefill, quantization
             from .cache import KERNEL_ENTRIES_PER_PAGE, block_size_ok, default_block_size
 
             hf = vllm_config.model_config.hf_config
@@ -72,6 +72,12 @@ def _engine_config_hook():
                     "models: the token decoder's per-request state would keep the "
                     "K/V of rejected draft tokens; start the engine without "
                     "--speculative-config")
+            if vllm_config.lora_config is not None:
+                raise ValueError(
+                    "LoRA is not supported for Block Transformer models (the "
+                    "architecture has no LoRA layers); start the engine without "
+                    "--enable-lora")
+            quantization.check(vllm_config.model_config.quantization)
             tp = vllm_config.parallel_config.tensor_parallel_size
             for dec in ("block", "token"):
                 for field, what in (("num_attention_heads", "attention heads"),
