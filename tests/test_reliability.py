@@ -1,12 +1,15 @@
 """Reliability of `vllm serve` under load and faults (short versions; the
 long load test is benchmarks/load_test.py): concurrent streaming clients
-that disconnect, a preemption storm, hostile requests, and SIGKILL/restart."""
+that disconnect, a preemption storm, hostile requests, mixed sampling with
+seeds under concurrency, and SIGKILL/restart."""
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,9 +23,11 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from load_test import make_requests, metric, run_load  # noqa: E402
 
 MODEL = "tiny"
-MAX_LEN = 512
+MAX_LEN = 512  # of the load-test requests
 SERVE_ARGS = ("--served-model-name", MODEL, "--dtype", "float32", "--max-model-len",
               str(MAX_LEN))
+# the shared server also takes prompts of up to 600 tokens
+SHARED_SERVE_ARGS = (*SERVE_ARGS, "--max-model-len", "1024")
 CASES = greedy_cases()
 
 
@@ -34,7 +39,7 @@ def serving_log(path: Path) -> str:
 @pytest.fixture(scope="module")
 def server(tiny_b4_tok_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("reliability") / "server.log"
-    with vllm_serve(tiny_b4_tok_dir, *SERVE_ARGS, log=log) as server:
+    with vllm_serve(tiny_b4_tok_dir, *SHARED_SERVE_ARGS, log=log) as server:
         yield server
 
 
@@ -50,6 +55,7 @@ def test_64_streaming_clients_with_disconnects(server):
     assert report.errors == 0, report.error_messages
     assert report.aborted > 0 and report.completed > 0
     assert report.greedy_checked > 10 and report.mismatches == 0
+    assert report.seeded_checked > 5
     # memory does not keep growing from the first to the last third of the run
     assert report.rss_last_third_mib <= 1.2 * report.rss_first_third_mib + 64
     log = serving_log(server.log)
@@ -61,8 +67,9 @@ def test_preemption_storm_keeps_outputs_identical(server, tiny_b4_tok_dir, tmp_p
     # pages of 64 tokens; 12 pages hold about a quarter of the 12 requests
     requests = make_requests(12, vocab=512, max_model_len=MAX_LEN, decode=decode_words,
                              seed=2, disconnect_share=0.0)
-    for r in requests:
-        r.kind, r.greedy, r.params = "completion", True, {"temperature": 0.0}
+    for r in requests:  # half greedy, half seeded sampling
+        r.kind, r.greedy = "completion", r.idx % 2 == 0
+        r.params = {"temperature": 0.0} if r.greedy else {"temperature": 1.0, "seed": r.idx}
         r.prompt_ids = (r.prompt_ids * 200)[:150]
         r.max_tokens = 120
     reference, _ = asyncio.run(run_load(server, MODEL, requests, concurrency=1))
@@ -138,6 +145,57 @@ def test_server_answers_correctly_after_hostile_input(server):
         status, _ = post(server.url, "/v1/completions", raw)
         assert 400 <= status < 500
     check_valid_request_still_works(server.url)
+    assert server.process.poll() is None
+
+
+SAMPLING = st.fixed_dictionaries({
+    "prompt_len": st.integers(1, 600), "prompt_seed": st.integers(0, 2**16),
+    "max_tokens": st.integers(1, 24), "n": st.integers(1, 3),
+    "seed": st.one_of(st.none(), st.integers(0, 2**31 - 1)),
+    "temperature": st.sampled_from([0.0, 0.5, 1.0, 1.5]),
+    "top_p": st.sampled_from([1.0, 0.9, 0.3]), "top_k": st.sampled_from([-1, 1, 5, 50]),
+    "presence_penalty": st.sampled_from([0.0, 0.5, -1.0]),
+    "frequency_penalty": st.sampled_from([0.0, 1.0]),
+    "repetition_penalty": st.sampled_from([1.0, 1.3]),
+    "logprobs": st.one_of(st.none(), st.integers(0, 5)), "stream": st.booleans()})
+
+
+def sampling_body(spec: dict) -> dict:
+    rng = random.Random(spec["prompt_seed"])
+    body = {k: v for k, v in spec.items() if k not in ("prompt_len", "prompt_seed")}
+    if body["temperature"] == 0.0:
+        body["n"] = 1  # vLLM refuses n > 1 with greedy sampling
+    return {**body, "model": MODEL, "ignore_eos": True, "return_token_ids": True,
+            "prompt": [rng.randrange(1, 512) for _ in range(spec["prompt_len"])]}
+
+
+def completion_token_ids(url: str, body: dict) -> list[list[int]]:
+    """Each choice's token ids, in choice order (streamed or not); asserts a 200."""
+    status, raw = post(url, "/v1/completions", json.dumps(body).encode(), timeout=300)
+    assert status == 200, (status, raw[:500], body)
+    if not body["stream"]:
+        choices = json.loads(raw)["choices"]
+        return [c["token_ids"] for c in sorted(choices, key=lambda c: c["index"])]
+    ids: dict[int, list[int]] = {}
+    for line in raw.decode().splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:])["choices"]:
+                ids.setdefault(c["index"], []).extend(c.get("token_ids") or [])
+    return [ids[i] for i in sorted(ids)]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(specs=st.lists(SAMPLING, min_size=2, max_size=8))
+def test_concurrent_mixed_sampling_never_fails_and_seeded_equals_alone(server, specs):
+    bodies = [sampling_body(s) for s in specs]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: completion_token_ids(server.url, b), bodies))
+    for body, got in zip(bodies, together):
+        assert len(got) == body["n"] and all(len(t) == body["max_tokens"] for t in got)
+        if body["seed"] is not None or body["temperature"] == 0.0:
+            assert got == completion_token_ids(server.url, body), body
     assert server.process.poll() is None
 
 
