@@ -77,7 +77,7 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
-    from vllm_block import model as block_model
+    from vllm_block import cache as block_cache
 
     path = make_model(Path(args.model_dir + "_" + args.dtype), args.dtype)
     llm = LLM(model=str(path), skip_tokenizer_init=True, dtype=args.dtype, enforce_eager=True,
@@ -88,7 +88,7 @@ def main() -> None:
     runner = core.model_executor.driver_worker.worker.model_runner
     model = runner.model
     timers = Timers()
-    timers.wrap(block_model.StepPlan, "build", "step_plan")
+    timers.wrap(block_cache, "device_step_plan", "step_plan")  # built on the host
     timers.wrap(model.block_decoder, "forward", "block_decoder")
     timers.wrap(model.token_decoder, "forward", "token_decoder")
     timers.wrap(model, "forward", "model_forward")

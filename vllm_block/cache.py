@@ -34,6 +34,7 @@ from vllm.v1.attention.selector import get_attn_backend
 from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
 
 from .config import num_complete_blocks
+from .step_plan import StepPlan, device_step_plan
 
 # Entries per page the paged-attention kernels accept: the CPU kernel needs a
 # multiple of 16 (32+ takes its faster paths), FlashAttention a multiple of 16.
@@ -164,13 +165,17 @@ class BlockDecoderAttention(Attention):
 @dataclass
 class TokenStateMetadata:
     state_slot: torch.Tensor  # [num_reqs] page holding each request's state
-    query_start_loc: torch.Tensor  # [num_reqs + 1] first token of each request
+    plan: StepPlan  # the step's plan, built on the host (step_plan.py)
 
 
 class TokenStateBuilder(AttentionMetadataBuilder[TokenStateMetadata]):
     def __init__(self, kv_cache_spec: MambaSpec, layer_names: list[str],
                  vllm_config: VllmConfig, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        hf = vllm_config.model_config.hf_config
+        # see fast_prefill.py: prompt positions' outputs are not needed
+        self.plan_args = (hf.block_length, hf.prefix_length,
+                          bool(vllm_config.cache_config.kv_sharing_fast_prefill), device)
 
     def build(self, common_prefix_len: int, cm: CommonAttentionMetadata,
               fast_build: bool = False) -> TokenStateMetadata:
@@ -178,7 +183,9 @@ class TokenStateBuilder(AttentionMetadataBuilder[TokenStateMetadata]):
         slot = mamba_get_block_table_tensor(
             cm.block_table_tensor, cm.seq_lens, self.kv_cache_spec,
             self.vllm_config.cache_config.mamba_cache_mode)[:n, 0]
-        return TokenStateMetadata(slot.long(), cm.query_start_loc[:n + 1].long())
+        plan = device_step_plan(cm.query_start_loc_cpu[:n + 1],
+                                cm.seq_lens_cpu_upper_bound[:n], *self.plan_args)
+        return TokenStateMetadata(slot.long(), plan)
 
 
 class TokenStateBackend(AttentionBackend):

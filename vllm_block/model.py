@@ -1,7 +1,8 @@
 """The Block Transformer as a vLLM model.
 
 One engine step handles any mix of requests and block phases with a fixed
-number of batched operations (no Python loop over tokens or requests):
+number of batched operations (no Python loop over tokens or requests), read
+from a step plan built on the host (`step_plan.py`):
 
 1. Block decoder: the step's block-ending tokens are gathered with index
    tensors; each one's block embedding is assembled from pieces embedded in
@@ -12,15 +13,10 @@ number of batched operations (no Python loop over tokens or requests):
    context was just computed). Rows are grouped into windows (one request's
    one block, <= R+L-1 positions); each layer attends within the window
    over a small buffer seeded from the request's bounded state.
-
-Alignment (see `config.py`): token p has in-block index (p + L - 1) % L and
-closes a block when that is L - 1; its hidden state is then the output of
-the next block's last prefix position.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +37,9 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.sequence import IntermediateTensors
 
-from . import fast_prefill
 from .cache import BlockDecoderAttention, TokenDecoderState
-from .config import BlockTransformerConfig, index_in_block, num_complete_blocks, padded_index
+from .config import BlockTransformerConfig, num_complete_blocks
+from .step_plan import StepPlan
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -151,104 +147,6 @@ class BlockDecoder(nn.Module):
         return self.final_layer_norm(x)
 
 
-@dataclass
-class StepPlan:
-    """Index tensors that map this step's tokens to blocks, rows and windows."""
-    block_end: torch.Tensor  # [E] tokens that close a block
-    end_req: torch.Tensor  # [E] their requests
-    end_block: torch.Tensor  # [E] block index each closes
-    piece_src_token: torch.Tensor  # [E, L] step token holding piece k (when in step)
-    piece_in_step: torch.Tensor  # [E, L]
-    piece_is_pad: torch.Tensor  # [E, L]
-    pending_token: torch.Tensor  # tokens of each request's open block after the step
-    pending_req: torch.Tensor
-    pending_idx: torch.Tensor  # their in-block index
-    open_rows: torch.Tensor  # [M_open] open-block tokens fed to the token decoder
-    end_has_rows: torch.Tensor | None  # [E] bool: its R prefix rows are computed (None: all)
-    row_pos: torch.Tensor  # [M] token-decoder position of each row (0..R+L-2)
-    row_win: torch.Tensor  # [M] window of each row
-    win_req: torch.Tensor  # [W]
-    win_from_state: torch.Tensor  # [W, S] key comes from the stored state
-    last_win: torch.Tensor  # [n] each request's open window after the step
-    out_token: torch.Tensor  # tokens whose hidden state this step computes
-    out_row: torch.Tensor  # the row holding each one's hidden state
-
-    @classmethod
-    def build(cls, positions: torch.Tensor, query_start_loc: torch.Tensor,
-              block_length: int, prefix_length: int,
-              last_windows_only: bool = False) -> "StepPlan":
-        """`last_windows_only` keeps just the token-decoder rows of each
-        request's open window after the step: they make its stored state and
-        hold its last token's hidden state (the one vLLM samples from). The
-        other prompt positions' outputs are only needed for prompt logprobs."""
-        L, R = block_length, prefix_length
-        S = R + L - 1
-        dev = positions.device
-        T, n = positions.numel(), query_start_loc.numel() - 1
-        qlen = query_start_loc[1:] - query_start_loc[:-1]
-        req = torch.repeat_interleave(torch.arange(n, device=dev), qlen, output_size=T)
-        j = index_in_block(positions, L)
-        block = padded_index(positions, L) // L
-        ends = j == L - 1
-        first, last = query_start_loc[:-1], query_start_loc[1:] - 1
-        first_pos = positions[first]
-
-        block_end = ends.nonzero().squeeze(1)
-        open_token = (~ends).nonzero().squeeze(1)
-        E = block_end.numel()
-        back = torch.arange(L - 1, -1, -1, device=dev)  # piece k is L-1-k tokens back
-        src_pos = positions[block_end, None] - back
-        end_req = req[block_end]
-        piece_in_step = src_pos >= first_pos[end_req, None]
-        piece_is_pad = src_pos < 0
-
-        # the open block after the step (a fresh one if the last token closed one)
-        last_block = block[last] + ends[last].long()
-        pend = ~ends & (block == last_block[req])
-        pending_token = pend.nonzero().squeeze(1)
-
-        # rows: each open token is one (in its block's window); each closed
-        # block gives R prefix positions of the next block's window.
-        if last_windows_only:
-            open_rows = open_token[block[open_token] == last_block[req[open_token]]]
-            end_has_rows = block[block_end] + 1 == last_block[end_req]
-            end_rows = block_end[end_has_rows]
-        else:
-            open_rows, end_has_rows, end_rows = open_token, None, block_end
-
-        # windows: request r covers blocks b_first(r) .. last_block(r), or
-        # only its last one
-        b_first = block[first]
-        win_first = last_block if last_windows_only else b_first
-        n_win = last_block - win_first + 1
-        win_start = torch.cumsum(n_win, 0) - n_win
-        W = int(n_win.sum())
-        win_req = torch.repeat_interleave(torch.arange(n, device=dev), n_win, output_size=W)
-        win_block = win_first[win_req] + torch.arange(W, device=dev) - win_start[win_req]
-        row_req = torch.cat([req[open_rows], req[end_rows].repeat_interleave(R)])
-        row_block = torch.cat([block[open_rows], (block[end_rows] + 1).repeat_interleave(R)])
-        row_pos = torch.cat([R + j[open_rows], torch.arange(R, device=dev).repeat(len(end_rows))])
-        row_win = win_start[row_req] + row_block - win_first[row_req]
-        # the first window continues the stored state when the step starts
-        # mid-block: its positions before the first new one are cached
-        j_first = j[first]
-        continues = (win_block == b_first[win_req]) & (j_first[win_req] < L - 1)
-        first_new = R + j_first[win_req]
-        win_from_state = continues[:, None] & (torch.arange(S, device=dev) < first_new[:, None])
-
-        M_open = open_rows.numel()
-        out_token = torch.cat([open_rows, end_rows])
-        out_row = torch.cat([torch.arange(M_open, device=dev),
-                             M_open + torch.arange(end_rows.numel(), device=dev) * R + R - 1])
-        return cls(block_end=block_end, end_req=end_req, end_block=block[block_end],
-                   piece_src_token=block_end[:, None] - back, piece_in_step=piece_in_step,
-                   piece_is_pad=piece_is_pad, pending_token=pending_token,
-                   pending_req=req[pending_token], pending_idx=j[pending_token],
-                   open_rows=open_rows, end_has_rows=end_has_rows, row_pos=row_pos,
-                   row_win=row_win, win_req=win_req, win_from_state=win_from_state,
-                   last_win=win_start + n_win - 1, out_token=out_token, out_row=out_row)
-
-
 class TokenDecoder(nn.Module):
     """GPT-NeoX over [prefix_1..R, x_0..x_{L-2}] of one block at a time, with
     a bounded per-request state instead of a growing KV cache."""
@@ -306,8 +204,6 @@ class BlockTransformerForCausalLM(nn.Module):
         config: BlockTransformerConfig = vllm_config.model_config.hf_config
         self.config = config
         self.L, self.R = config.block_length, config.prefix_length
-        # see fast_prefill.py: prompt positions' outputs are not needed
-        self.last_windows_only = fast_prefill.enabled(vllm_config)
         dtype = vllm_config.model_config.dtype
         quant_config = vllm_config.quant_config
         self.embedder = VocabParallelEmbedding(config.vocab_size, config.embedder_hidden_size,
@@ -349,22 +245,21 @@ class BlockTransformerForCausalLM(nn.Module):
         if not isinstance(attn_metadata, dict) or states[0].prefix not in attn_metadata:
             return out  # profiling / warm-up run: no requests, no caches
         meta = attn_metadata[states[0].prefix]
-        T = int(meta.query_start_loc[-1])  # tokens beyond T are padding
-        ids, pos = input_ids[:T], positions[:T].long()
+        plan: StepPlan = meta.plan  # index tensors on this device, sizes on the host
+        ids = input_ids[:plan.num_tokens]  # tokens beyond are padding
         # vLLM validates token ids only when it has a tokenizer; never let an
         # out-of-vocabulary id take the engine down (it reads as padding).
         vocab = self.config.vocab_size
         ids = torch.where((ids >= 0) & (ids < vocab), ids, self.config.pad_token_id)
         L, R = self.L, self.R
-        plan = StepPlan.build(pos, meta.query_start_loc, L, R, self.last_windows_only)
 
         # 1. block decoder on the blocks this step completes
         pieces = self.embedder(ids)  # [T, D_block / L]
         pending = states[0].kv_cache[1]  # [pages, max(L-1, 1), D_block / L]
         slot0 = meta.state_slot
-        E = plan.block_end.numel()
+        E = plan.num_blocks
         if E:
-            emb = pieces[plan.piece_src_token.clamp(min=0)]  # [E, L, D/L]
+            emb = pieces[plan.piece_src_token]  # [E, L, D/L]
             if L > 1:
                 pad = self.embedder(ids.new_full((1,), self.config.pad_token_id))
                 stored = pending[slot0[plan.end_req]]  # [E, L-1, D/L]; piece L-1 is in step
@@ -372,12 +267,12 @@ class BlockTransformerForCausalLM(nn.Module):
                 emb = torch.where(plan.piece_in_step[..., None], emb,
                                   torch.where(plan.piece_is_pad[..., None], pad, stored))
             ctx = self.block_decoder(emb.reshape(E, -1), plan.end_block)
-            if plan.end_has_rows is not None:
-                ctx = ctx[plan.end_has_rows]
-            prefix_rows = self.expansion(ctx)[0].reshape(ctx.shape[0] * R, hidden_size)
+            if not plan.all_ends_have_rows:
+                ctx = ctx[plan.end_with_rows]
+            prefix_rows = self.expansion(ctx)[0].reshape(-1, hidden_size)
         else:
             prefix_rows = pieces.new_empty(0, hidden_size)
-        if L > 1 and plan.pending_token.numel():
+        if L > 1 and len(plan.pending_token):
             pending[slot0[plan.pending_req], plan.pending_idx] = pieces[plan.pending_token]
 
         # 2. token decoder on the step's rows
