@@ -3,7 +3,8 @@
 Runs an in-process engine on a randomly initialised model with the
 dimensions of the original `block_main_b4_19` config (3+3 layers x 512,
 vocabulary 50304, L=4, R=2), decodes a full batch, and times the parts of
-every all-decode step: the step plan (index maths), the block decoder, the
+every all-decode step: the step plan (index maths, built on the host by the
+token-state metadata builder), the block decoder, the
 token decoder, the LM head (compute_logits), and the rest of the engine step
 (scheduler, input preparation, sampling, output processing).
 
@@ -125,9 +126,10 @@ def main() -> None:
     med = {p: statistics.median(s.get(p, 0.0) for s in decode) * 1e3 for p in parts}
     med["model_forward"] = statistics.median(s["model_forward"] for s in decode) * 1e3
     med["engine_step"] = statistics.median(s["engine_step"] for s in decode) * 1e3
-    med["forward_other"] = med["model_forward"] - med["step_plan"] - med["block_decoder"] \
-        - med["token_decoder"]
-    med["engine_other"] = med["engine_step"] - med["model_forward"] - med["lm_head"]
+    # the step plan is built by the metadata builder, before the forward
+    med["forward_other"] = med["model_forward"] - med["block_decoder"] - med["token_decoder"]
+    med["engine_other"] = med["engine_step"] - med["model_forward"] - med["lm_head"] \
+        - med["step_plan"]
     # block-closing steps (1 in L) vs the others
     with_block = [s["engine_step"] for s in decode if s.get("block_decoder")]
     without = [s["engine_step"] for s in decode if not s.get("block_decoder")]
