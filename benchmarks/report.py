@@ -11,7 +11,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from models import MODELS  # noqa: E402
 
 COL = {"block": "vLLM plugin", "block-fast": "vLLM plugin, fast prefill", "vanilla-gptj": "vLLM GPT-J (native)",
        "vanilla-neox": "vLLM GPT-NeoX (Transformers backend)", "hf": "HF reference generate"}

@@ -55,7 +55,6 @@ class DeviceStepPlan:
 
         block_end = ends.nonzero().squeeze(1)
         open_token = (~ends).nonzero().squeeze(1)
-        E = block_end.numel()
         back = torch.arange(L - 1, -1, -1, device=dev)  # piece k is L-1-k tokens back
         src_pos = positions[block_end, None] - back
         end_req = req[block_end]

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from helpers import copy_original, make_tokenizer, random_config, random_model, run_cli
+from helpers import copy_original, random_config, random_model, run_cli
 from vllm_block import BlockTransformerConfig
 
 

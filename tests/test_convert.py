@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
 from safetensors.torch import load_file
 
-from helpers import copy_original, make_tokenizer, run_cli
+from helpers import make_tokenizer, run_cli
 from vllm_block import BlockTransformerConfig, BlockTransformerForCausalLM
 from vllm_block.convert import config_from_yaml, convert
 

@@ -251,7 +251,7 @@ class BlockTransformerForCausalLM(nn.Module):
         # out-of-vocabulary id take the engine down (it reads as padding).
         vocab = self.config.vocab_size
         ids = torch.where((ids >= 0) & (ids < vocab), ids, self.config.pad_token_id)
-        L, R = self.L, self.R
+        L = self.L
 
         # 1. block decoder on the blocks this step completes
         pieces = self.embedder(ids)  # [T, D_block / L]
