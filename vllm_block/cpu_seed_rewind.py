@@ -64,9 +64,13 @@ def install() -> bool:
                        "(written for %s): seeded requests with chunked prefill may crash "
                        "the engine", vllm.__version__, " ".join(SUPPORTED_VLLM))
         return False
-    if UPSTREAM_REWIND not in inspect.getsource(CPUModelRunner._bookkeeping_sync):
-        logger.warning("vllm-block: vLLM's generator rewind has changed; not applying the "
-                       "CPU seeded-sampling fix")
+    try:
+        upstream = inspect.getsource(CPUModelRunner._bookkeeping_sync)
+    except (OSError, TypeError):  # no source shipped: cannot check what it replaces
+        upstream = ""
+    if UPSTREAM_REWIND not in upstream:
+        logger.warning("vllm-block: vLLM's generator rewind has changed (or its source is "
+                       "not installed); not applying the CPU seeded-sampling fix")
         return False
 
     sample, bookkeeping = CPUModelRunner._sample, CPUModelRunner._bookkeeping_sync
