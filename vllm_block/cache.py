@@ -33,6 +33,7 @@ from vllm.v1.attention.backends.utils import mamba_get_block_table_tensor
 from vllm.v1.attention.selector import get_attn_backend
 from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
 
+from . import fast_prefill
 from .config import num_complete_blocks
 from .step_plan import StepPlan, device_step_plan
 
@@ -175,7 +176,7 @@ class TokenStateBuilder(AttentionMetadataBuilder[TokenStateMetadata]):
         hf = vllm_config.model_config.hf_config
         # see fast_prefill.py: prompt positions' outputs are not needed
         self.plan_args = (hf.block_length, hf.prefix_length,
-                          bool(vllm_config.cache_config.kv_sharing_fast_prefill), device)
+                          fast_prefill.enabled(vllm_config), device)
 
     def build(self, common_prefix_len: int, cm: CommonAttentionMetadata,
               fast_build: bool = False) -> TokenStateMetadata:
