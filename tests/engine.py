@@ -38,6 +38,18 @@ def engine(model: str | Path, **kwargs) -> Iterator["vllm.LLM"]:  # noqa: F821
         cleanup_dist_env_and_memory()
 
 
+def engine_config(model: str | Path, max_model_len: int = 256, **kwargs):
+    """vLLM's engine config for `model` (the plugin's config hook runs in it),
+    without starting an engine."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    import vllm_block.registration
+
+    vllm_block.registration.register()
+    return EngineArgs(model=str(model), skip_tokenizer_init=True, max_model_len=max_model_len,
+                      **kwargs).create_engine_config()
+
+
 def token_prompts(prompts: list[list[int]]) -> list[dict]:
     return [{"prompt_token_ids": list(p)} for p in prompts]
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from engine import engine
+from engine import engine, engine_config
 
 
 def test_block_size_the_kernels_cannot_page_is_refused(tiny_b4_dir):
@@ -19,27 +19,14 @@ def test_block_size_the_kernels_cannot_page_is_refused(tiny_b4_dir):
 
 
 def test_default_block_size_is_chosen_for_the_block_length(tiny_b4_dir):
-    from vllm.engine.arg_utils import EngineArgs
-
-    import vllm_block.registration
-
-    vllm_block.registration.register()
-    cfg = EngineArgs(model=str(tiny_b4_dir), skip_tokenizer_init=True,
-                     max_model_len=256).create_engine_config()
+    cfg = engine_config(tiny_b4_dir)
     assert cfg.cache_config.block_size == 128  # 32 block entries of 4 tokens
 
 
 def test_speculative_decoding_is_refused(tiny_b4_dir):
-    from vllm.engine.arg_utils import EngineArgs
-
-    import vllm_block.registration
-
-    vllm_block.registration.register()
-    args = EngineArgs(model=str(tiny_b4_dir), skip_tokenizer_init=True, max_model_len=256,
-                      speculative_config={"method": "ngram", "num_speculative_tokens": 2,
-                                          "prompt_lookup_max": 3})
     with pytest.raises(Exception, match="speculative decoding is not supported"):
-        args.create_engine_config()
+        engine_config(tiny_b4_dir, speculative_config={
+            "method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3})
 
 
 def test_broken_config_is_refused_naming_the_field(tiny_b4_dir, tmp_path):
@@ -81,17 +68,6 @@ def test_config_that_disagrees_with_the_weights_is_refused_naming_the_weight(
     assert re.search(r"shape mismatch for token_decoder\.layers\.\d\.mlp\.dense_\w+\.weight: "
                      r"the checkpoint has \(\d+, \d+\), config\.json implies",
                      "".join(capfd.readouterr()))
-
-
-def engine_config(model, **kwargs):
-    """vLLM's engine config for `model` (the plugin's hook runs in it); no engine."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    import vllm_block.registration
-
-    vllm_block.registration.register()
-    return EngineArgs(model=str(model), skip_tokenizer_init=True, max_model_len=256,
-                      **kwargs).create_engine_config()
 
 
 def test_lora_is_refused_at_once_by_the_config_hook(tiny_b4_dir):

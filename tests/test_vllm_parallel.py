@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import check_against_cases, check_against_reference, engine, greedy_params, \
-    save_model, token_prompts
+from engine import check_against_cases, check_against_reference, engine, engine_config, \
+    greedy_params, save_model, token_prompts
 from helpers import greedy_cases, random_config, random_model
 from test_vllm_scheduling import random_prompts
 from vllm_block.serving import vllm_serve
@@ -45,21 +45,14 @@ def test_tensor_parallel_2_on_uneven_decoders_matches_reference(tmp_path, one_co
 
 
 def test_heads_that_tp_does_not_divide_are_refused_naming_the_decoder(tmp_path):
-    from vllm.engine.arg_utils import EngineArgs
-
-    import vllm_block.registration
-
-    vllm_block.registration.register()
     config = random_config(3, block_length=4, block_hidden_size=96,
                            block_num_attention_heads=3, token_num_attention_heads=2,
                            token_hidden_size=32)
     path = save_model(random_model(config), tmp_path / "model")
-    args = EngineArgs(model=str(path), skip_tokenizer_init=True, max_model_len=128,
-                      tensor_parallel_size=2)
     with pytest.raises(Exception, match=r"block decoder has 3 attention heads "
                                         r"\(block_num_attention_heads\), which "
                                         r"tensor_parallel_size 2 does not divide"):
-        args.create_engine_config()
+        engine_config(path, max_model_len=128, tensor_parallel_size=2)
 
 
 @pytest.mark.parametrize("flag", ["--tensor-parallel-size", "--data-parallel-size"])

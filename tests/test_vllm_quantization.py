@@ -8,9 +8,8 @@ import pytest
 from transformers import AutoConfig
 
 import vllm_block  # noqa: F401  (registers the config with AutoConfig)
-from engine import engine, greedy_params, token_prompts
+from engine import engine, engine_config, greedy_params, token_prompts
 from helpers import REPO_ROOT, greedy_cases
-from test_vllm_config_errors import engine_config
 from vllm_block.reference import checkpoint_shapes
 
 CASES = greedy_cases()
