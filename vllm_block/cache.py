@@ -25,7 +25,8 @@ from torch import nn
 from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.mamba.abstract import MambaBase
-from vllm.v1.attention.backend import (AttentionBackend, AttentionMetadataBuilder,
+from vllm.v1.attention.backend import (AttentionBackend, AttentionCGSupport,
+                                       AttentionMetadataBuilder,
                                        CommonAttentionMetadata, MultipleOf,
                                        subclass_attention_backend_with_overrides)
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
@@ -34,8 +35,30 @@ from vllm.v1.attention.selector import get_attn_backend
 from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
 
 from . import fast_prefill
-from .config import num_complete_blocks
-from .step_plan import StepPlan, device_step_plan
+from .config import index_in_block, num_complete_blocks
+from .step_mode import StepMode
+from .step_plan import (DecodePlan, DecodePlanBuffer, StepPlan, device_step_plan,
+                        host_decode_plan, is_uniform_decode)
+
+
+def decode_batch_capacity(vllm_config: VllmConfig) -> int:
+    """Most requests one decode step can hold (persistent buffers' size)."""
+    cc = vllm_config.compilation_config
+    return max(vllm_config.scheduler_config.max_num_seqs, cc.max_cudagraph_capture_size or 0)
+
+
+def static_decode_step(static_decode: bool, cm: CommonAttentionMetadata) -> bool:
+    """Whether this step runs the static decode forward (both builders must
+    agree): the step mode allows it and every request has one new token."""
+    return static_decode and is_uniform_decode(cm.query_start_loc_cpu[:cm.num_reqs + 1].numpy())
+
+
+def graph_support(vllm_config: VllmConfig, base: AttentionCGSupport) -> AttentionCGSupport:
+    """Uniform single-token decode steps are static (and capturable) only
+    when the step mode runs them on the static plan."""
+    if not StepMode.of(vllm_config).static_decode:
+        return AttentionCGSupport.NEVER
+    return min(base, AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE, key=lambda s: s.value)
 
 # Entries per page the paged-attention kernels accept: the CPU kernel needs a
 # multiple of 16 (32+ takes its faster paths), FlashAttention a multiple of 16.
@@ -76,9 +99,18 @@ def make_block_attention_backend(underlying: type[AttentionBackend],
                                  tokens_per_state=1)
             super().__init__(entry_spec, layer_names, vllm_config, device)
             self.entries_per_page = entry_spec.block_size
+            self.static_decode = StepMode.of(vllm_config).static_decode
+            self.decode_bufs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        @classmethod
+        def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+            return graph_support(vllm_config,
+                                 base_builder.get_cudagraph_support(vllm_config, kv_cache_spec))
 
         def build(self, common_prefix_len: int, cm: CommonAttentionMetadata,
                   fast_build: bool = False):
+            if static_decode_step(self.static_decode, cm):
+                return self._build_decode(cm, fast_build)
             n = cm.num_reqs
             qsl = cm.query_start_loc_cpu[:n + 1].long()
             seq = cm.seq_lens_cpu_upper_bound[:n].long()
@@ -106,6 +138,44 @@ def make_block_attention_backend(underlying: type[AttentionBackend],
                 slot_mapping=slots,
                 positions=None)
             return super().build(0, block_cm, fast_build)
+
+        def _build_decode(self, cm: CommonAttentionMetadata, fast_build: bool):
+            """Static decode: one block query per request (vLLM's padded
+            requests have none); a token that closes no block attends over
+            its request's blocks and stores nothing (slot -1). Sequence
+            lengths and slots live in persistent buffers (graph replays)."""
+            n = cm.num_reqs
+            if self.decode_bufs is None:
+                capacity = decode_batch_capacity(self.vllm_config)
+                self.decode_bufs = (torch.zeros(capacity, dtype=torch.int32, device=self.device),
+                                    torch.full((capacity,), -1, dtype=torch.long,
+                                               device=self.device))
+            seq_buf, slot_buf = self.decode_bufs
+            seq = cm.seq_lens_cpu_upper_bound[:n].long()
+            qlen = cm.query_start_loc_cpu[1:n + 1] - cm.query_start_loc_cpu[:n]
+            blocks = num_complete_blocks(seq, L) * (qlen > 0)
+            closes = (index_in_block(seq - 1, L) == L - 1) & (qlen > 0)
+            block_idx = (blocks - 1).clamp(min=0)
+            spp = self.entries_per_page
+            seq_buf[:n].copy_(blocks, non_blocking=True)
+            table = cm.block_table_tensor[:n]
+            index = (block_idx // spp).to(table.device, non_blocking=True)
+            pages = table.gather(1, index[:, None])[:, 0].long()
+            offset = (block_idx % spp).to(table.device, non_blocking=True)
+            keep = closes.to(table.device, non_blocking=True)
+            slot_buf[:n] = torch.where(keep, pages * spp + offset, -1)
+            block_cm = cm.replace(
+                seq_lens=seq_buf[:n],
+                seq_lens_cpu_upper_bound=blocks.int(),
+                max_seq_len=int(blocks.max()) if n else 0,
+                slot_mapping=slot_buf[:n],
+                positions=None)
+            return super().build(0, block_cm, fast_build)
+
+        def build_for_cudagraph_capture(self, cm: CommonAttentionMetadata):
+            # the longest sequence, in blocks, that a captured step attends over
+            max_blocks = num_complete_blocks(self.vllm_config.model_config.max_model_len, L)
+            return self.build(0, cm.replace(max_seq_len=max_blocks))
 
     class BlockLevelImpl(base_impl):  # type: ignore[valid-type,misc]
         def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
@@ -166,7 +236,8 @@ class BlockDecoderAttention(Attention):
 @dataclass
 class TokenStateMetadata:
     state_slot: torch.Tensor  # [num_reqs] page holding each request's state
-    plan: StepPlan  # the step's plan, built on the host (step_plan.py)
+    plan: StepPlan | None  # the step's plan, built on the host (step_plan.py) ...
+    decode: DecodePlan | None = None  # ... or the static plan of a uniform decode step
 
 
 class TokenStateBuilder(AttentionMetadataBuilder[TokenStateMetadata]):
@@ -177,6 +248,13 @@ class TokenStateBuilder(AttentionMetadataBuilder[TokenStateMetadata]):
         # see fast_prefill.py: prompt positions' outputs are not needed
         self.plan_args = (hf.block_length, hf.prefix_length,
                           fast_prefill.enabled(vllm_config), device)
+        self.static_decode = StepMode.of(vllm_config).static_decode
+        self.decode_buffer: DecodePlanBuffer | None = None  # made at the first decode step
+        self.slot_buffer: torch.Tensor | None = None
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        return graph_support(vllm_config, AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
 
     def build(self, common_prefix_len: int, cm: CommonAttentionMetadata,
               fast_build: bool = False) -> TokenStateMetadata:
@@ -184,9 +262,25 @@ class TokenStateBuilder(AttentionMetadataBuilder[TokenStateMetadata]):
         slot = mamba_get_block_table_tensor(
             cm.block_table_tensor, cm.seq_lens, self.kv_cache_spec,
             self.vllm_config.cache_config.mamba_cache_mode)[:n, 0]
+        if static_decode_step(self.static_decode, cm):
+            return self._build_decode(cm, slot)
         plan = device_step_plan(cm.query_start_loc_cpu[:n + 1],
                                 cm.seq_lens_cpu_upper_bound[:n], *self.plan_args)
         return TokenStateMetadata(slot.long(), plan)
+
+    def _build_decode(self, cm: CommonAttentionMetadata,
+                      slot: torch.Tensor) -> TokenStateMetadata:
+        """The static plan and the state slots, in persistent buffers."""
+        L, R, _, device = self.plan_args
+        if self.decode_buffer is None:
+            capacity = decode_batch_capacity(self.vllm_config)
+            self.decode_buffer = DecodePlanBuffer(L, R, capacity, device)
+            self.slot_buffer = torch.zeros(capacity, dtype=torch.long, device=device)
+        n = cm.num_reqs
+        decode = self.decode_buffer.upload(
+            host_decode_plan(cm.seq_lens_cpu_upper_bound[:n], L, R))
+        self.slot_buffer[:n] = slot
+        return TokenStateMetadata(self.slot_buffer[:n], None, decode)
 
 
 class TokenStateBackend(AttentionBackend):

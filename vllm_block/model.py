@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,9 +38,12 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.sequence import IntermediateTensors
 
+from . import fast_prefill
 from .cache import BlockDecoderAttention, TokenDecoderState
 from .config import BlockTransformerConfig, num_complete_blocks
-from .step_plan import StepPlan
+from .step_mode import StepMode
+from .step_plan import (DecodePlan, DecodePlanBuffer, StepPlan, build_decode_plan,
+                        worst_case_plan)
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -171,13 +175,14 @@ class TokenDecoder(nn.Module):
             TokenDecoderState(shapes, dtype, prefix=f"{prefix}.state.{first_layer_index + i}")
             for i in range(config.token_num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, plan: StepPlan, attn_metadata: dict) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: StepPlan, slots: list[torch.Tensor],
+                windows: list[torch.Tensor]) -> torch.Tensor:
+        """Rows of any layout (`plan`); `windows[i]` is layer i's stored state
+        ([pages, 2, S, heads, head_dim]) and `slots[i]` each request's page."""
         # row m sees the keys of its window up to its own position
         key_pos = torch.arange(self.window, device=x.device)
         visible = (key_pos[None, :] <= plan.row_pos[:, None])[:, None, None, :]  # [M,1,1,S]
-        for layer, state in zip(self.layers, self.states):
-            slot = attn_metadata[state.prefix].state_slot  # this layer's own group
-            stored = state.kv_cache[0]  # [pages, 2, S, heads, head_dim]
+        for layer, slot, stored in zip(self.layers, slots, windows):
             buf = stored[slot[plan.win_req]]
             buf = torch.where(plan.win_from_state[:, None, :, None, None], buf, 0)
             num_heads, head_dim = buf.shape[-2:]
@@ -194,6 +199,43 @@ class TokenDecoder(nn.Module):
             x = layer(x, plan.row_pos, attend)
             stored[slot] = buf[plan.last_win]
         return x
+
+    def forward_decode(self, x: torch.Tensor, plan: DecodePlan, slots: list[torch.Tensor],
+                       windows: list[torch.Tensor]
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The static layout: x is [B * R, hidden], R rows per request, one
+        window per request, attended as a whole (no copy of it per row).
+        Returns the rows and each layer's new window ([B, 2, S, heads,
+        head_dim]), which the caller stores: the states share one buffer, and
+        a compiled graph may not write into aliased inputs."""
+        B, R = plan.row_pos.shape
+        S = self.window
+        key_col = torch.arange(S + 1, device=x.device)
+        # [B, 1, R, S+1]: a row sees its window up to its own position, never
+        # the scratch column S that spare rows write to
+        visible = ((key_col <= plan.row_pos[..., None]) & (key_col < S))[:, None]
+        from_state = (plan.from_state != 0)[:, None, :, None, None]  # [B, 1, S+1, 1, 1]
+        req = torch.arange(B, device=x.device)[:, None]
+        positions = plan.row_pos.reshape(-1)
+        new_windows = []
+        for layer, slot, stored in zip(self.layers, slots, windows):
+            num_heads, head_dim = stored.shape[-2:]
+            window = stored[slot]  # [B, 2, S, heads, head_dim]
+            buf = torch.cat([window, window[:, :, :1]], 2)  # + scratch column
+            buf = torch.where(from_state, buf, 0)
+
+            def attend(q, k, v, buf=buf):
+                buf[req, 0, plan.kv_col] = k.view(B, R, num_heads, head_dim)
+                buf[req, 1, plan.kv_col] = v.view(B, R, num_heads, head_dim)
+                keys, values = buf.transpose(2, 3).unbind(1)  # [B, heads, S+1, head_dim]
+                out = F.scaled_dot_product_attention(
+                    q.view(B, R, num_heads, head_dim).transpose(1, 2), keys, values,
+                    attn_mask=visible)  # [B, heads, R, head_dim]
+                return out.transpose(1, 2).reshape(B * R, num_heads * head_dim)
+
+            x = layer(x, positions, attend)
+            new_windows.append(buf[:, :, :S])
+        return x, new_windows
 
 
 class BlockTransformerForCausalLM(nn.Module):
@@ -224,6 +266,17 @@ class BlockTransformerForCausalLM(nn.Module):
                                       bias=False, quant_config=quant_config,
                                       prefix=f"{prefix}lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.step_mode = StepMode.of(vllm_config)
+        self.profile_shape = (vllm_config.scheduler_config.max_num_seqs,
+                              fast_prefill.enabled(vllm_config))
+        self.pad_piece: torch.Tensor | None = None  # the virtual pad's embedding piece
+        # the static decode step, compiled where the step mode says so
+        self.decode_step = self._decode_step
+        if self.step_mode.compile_decode:  # with the inductor options vLLM's platform set
+            options = dict(vllm_config.compilation_config.inductor_compile_config)
+            self.decode_step = torch.compile(self._decode_step, dynamic=True, fullgraph=True,
+                                             options=options)
+        self.profiled: tuple[int, int] | None = None  # (rows, blocks) of the last profile
 
     @classmethod
     def get_mamba_state_copy_funcs(cls, mamba_types):
@@ -239,33 +292,42 @@ class BlockTransformerForCausalLM(nn.Module):
                 inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         attn_metadata = get_forward_context().attn_metadata
         states = self.token_decoder.states
-        hidden_size = self.config.token_hidden_size
-        out = torch.zeros(input_ids.shape[0], hidden_size, dtype=self.lm_head.weight.dtype,
-                          device=input_ids.device)
         if not isinstance(attn_metadata, dict) or states[0].prefix not in attn_metadata:
-            return out  # profiling / warm-up run: no requests, no caches
+            return self._profile_step(input_ids)  # vLLM's profile / warm-up run
         meta = attn_metadata[states[0].prefix]
-        plan: StepPlan = meta.plan  # index tensors on this device, sizes on the host
-        ids = input_ids[:plan.num_tokens]  # tokens beyond are padding
+        slots = [attn_metadata[s.prefix].state_slot for s in states]  # each layer's group
+        windows = [s.kv_cache[0] for s in states]
+        pending = states[0].kv_cache[1]
         # vLLM validates token ids only when it has a tokenizer; never let an
         # out-of-vocabulary id take the engine down (it reads as padding).
-        vocab = self.config.vocab_size
-        ids = torch.where((ids >= 0) & (ids < vocab), ids, self.config.pad_token_id)
-        L = self.L
+        ids = torch.where((input_ids >= 0) & (input_ids < self.config.vocab_size),
+                          input_ids, self.config.pad_token_id)
+        if meta.decode is None:
+            return self._mixed_step(ids, meta.plan, slots, windows, pending)
+        hidden, piece, new_windows = self.decode_step(ids, meta.decode, slots, windows, pending)
+        self._store_decode_state(meta.decode, slots, windows, pending, piece, new_windows)
+        return hidden
+
+    def _mixed_step(self, input_ids: torch.Tensor, plan: StepPlan, slots: list[torch.Tensor],
+                    windows: list[torch.Tensor], pending: torch.Tensor) -> torch.Tensor:
+        """Any step, on exactly the rows its host-built plan lists."""
+        hidden_size, L = self.config.token_hidden_size, self.L
+        ids = input_ids[:plan.num_tokens]  # tokens beyond are padding
+        # every row vLLM reads is written (padding rows are never read)
+        out = torch.empty(input_ids.shape[0], hidden_size, dtype=self.lm_head.weight.dtype,
+                          device=input_ids.device)
 
         # 1. block decoder on the blocks this step completes
         pieces = self.embedder(ids)  # [T, D_block / L]
-        pending = states[0].kv_cache[1]  # [pages, max(L-1, 1), D_block / L]
-        slot0 = meta.state_slot
+        slot0 = slots[0]
         E = plan.num_blocks
         if E:
             emb = pieces[plan.piece_src_token]  # [E, L, D/L]
             if L > 1:
-                pad = self.embedder(ids.new_full((1,), self.config.pad_token_id))
                 stored = pending[slot0[plan.end_req]]  # [E, L-1, D/L]; piece L-1 is in step
                 stored = torch.cat([stored, stored[:, :1]], 1)
                 emb = torch.where(plan.piece_in_step[..., None], emb,
-                                  torch.where(plan.piece_is_pad[..., None], pad, stored))
+                                  torch.where(plan.piece_is_pad[..., None], self._pad(), stored))
             ctx = self.block_decoder(emb.reshape(E, -1), plan.end_block)
             if not plan.all_ends_have_rows:
                 ctx = ctx[plan.end_with_rows]
@@ -277,9 +339,82 @@ class BlockTransformerForCausalLM(nn.Module):
 
         # 2. token decoder on the step's rows
         rows = torch.cat([self.token_embed(ids[plan.open_rows]), prefix_rows])
-        rows = self.token_decoder(rows, plan, attn_metadata)
+        rows = self.token_decoder(rows, plan, slots, windows)
         out[plan.out_token] = self.token_decoder.final_layer_norm(rows[plan.out_row])
         return out
+
+    def _decode_step(self, ids: torch.Tensor, plan: DecodePlan, slots: list[torch.Tensor],
+                     windows: list[torch.Tensor], pending: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """A uniform single-token decode step whose every shape is a function
+        of the batch size B (see DecodePlan): the block decoder runs all B
+        rows (K/V stored only for closing tokens), the token decoder B x R.
+        Pure but for the block decoder's paged KV: returns the hidden states
+        [B, hidden], each request's pending piece and new windows, which
+        `_store_decode_state` writes."""
+        L, R, hidden_size = self.L, self.R, self.config.token_hidden_size
+        B = plan.closes.shape[0]
+        ids = ids[:B]
+        closes = plan.closes != 0
+        pieces = self.embedder(ids)  # [B, D_block / L]
+        if L > 1:
+            stored = pending[slots[0]]  # [B, L-1, D/L]: pieces 0..L-2 of the open block
+            emb = torch.cat([stored, pieces[:, None]], 1)
+            req = torch.arange(B, device=ids.device)
+            # an open block's token is stored; a closing one rewrites what is there
+            piece = torch.where(closes[:, None], stored[req, plan.pending_idx], pieces)
+        else:
+            emb = piece = pieces[:, None]
+        emb = torch.where(plan.piece_is_pad[..., None] != 0, self._pad(), emb)
+        ctx = self.block_decoder(emb.reshape(B, -1), plan.block_pos)
+        prefix_rows = self.expansion(ctx)[0].view(B, R, hidden_size)
+        rows = torch.where(closes[:, None, None], prefix_rows,
+                           self.token_embed(ids)[:, None, :])
+        rows, new_windows = self.token_decoder.forward_decode(
+            rows.view(B * R, hidden_size), plan, slots, windows)
+        return self.token_decoder.final_layer_norm(rows[plan.out_row]), piece, new_windows
+
+    def _store_decode_state(self, plan: DecodePlan, slots: list[torch.Tensor],
+                            windows: list[torch.Tensor], pending: torch.Tensor,
+                            piece: torch.Tensor, new_windows: list[torch.Tensor]) -> None:
+        if self.L > 1:
+            pending[slots[0], plan.pending_idx] = piece
+        for stored, slot, new in zip(windows, slots, new_windows):
+            stored[slot] = new
+
+    def _profile_step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """vLLM's profile and warm-up runs call forward with no metadata
+        before it sizes the KV cache: run the heaviest step this engine can
+        schedule (worst_case_plan for this many tokens) on scratch state, so
+        the memory vLLM measures includes its activations."""
+        T, device = input_ids.shape[0], input_ids.device
+        max_num_seqs, fast = self.profile_shape
+        plan = worst_case_plan(T, max_num_seqs, self.L, self.R, fast)
+        n = int(plan.last_win.shape[0])
+        with torch.inference_mode(False):  # like the real caches (no recompile for them)
+            # two pages: one would make a compiled decode step specialise on it
+            windows = [torch.zeros((2, *s.shapes[0]), dtype=s.dtypes[0], device=device)
+                       for s in self.token_decoder.states]
+            state = self.token_decoder.states[0]
+            pending = torch.zeros((2, *state.shapes[1]), dtype=state.dtypes[1], device=device)
+        slots = [torch.zeros(n, dtype=torch.long, device=device)] * len(windows)
+        ids = torch.zeros_like(input_ids)
+        out = self._mixed_step(ids, plan.to(device), slots, windows, pending)
+        self.profiled = (len(plan.row_pos), plan.num_blocks)
+        if self.step_mode.compile_decode:  # compile the decode step now, not in a request:
+            for B in {1, min(max_num_seqs, T)}:  # torch.compile specialises batch 1
+                decode = DecodePlanBuffer(self.L, self.R, B, device).upload(
+                    build_decode_plan(np.arange(B) + 2, self.L, self.R))
+                slots = [torch.zeros(B, dtype=torch.long, device=device)] * len(windows)
+                self.decode_step(ids, decode, slots, windows, pending)
+        return out.zero_()
+
+    def _pad(self) -> torch.Tensor:
+        """The virtual pad token's embedding piece, computed once."""
+        if self.pad_piece is None:
+            pad = torch.tensor([self.config.pad_token_id], device=self.embedder.weight.device)
+            self.pad_piece = self.embedder(pad)[0]
+        return self.pad_piece
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)
@@ -309,6 +444,7 @@ class BlockTransformerForCausalLM(nn.Module):
             else:
                 getattr(param, "weight_loader", default_weight_loader)(param, weight)
             loaded.add(name)
+        self.pad_piece = None  # recomputed from the loaded embedder
         missing = sorted(set(expected) - loaded)
         if missing:
             raise ValueError(f"checkpoint misses {len(missing)} weight(s), e.g. {missing[0]!r}")

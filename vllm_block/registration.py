@@ -50,7 +50,7 @@ def _engine_config_hook():
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
-            from . import fast_prefill, quantization
+            from . import fast_prefill, quantization, step_mode
             from .cache import KERNEL_ENTRIES_PER_PAGE, block_size_ok, default_block_size
 
             hf = vllm_config.model_config.hf_config
@@ -87,9 +87,9 @@ def _engine_config_hook():
                         raise ValueError(
                             f"the {dec} decoder has {n} {what} ({dec}_{field}), which "
                             f"tensor_parallel_size {tp} does not divide")
-            # The step's shapes depend on how many blocks close in it, so
-            # the forward cannot be captured as a CUDA graph.
-            vllm_config.model_config.enforce_eager = True
+            # CUDA: FULL_DECODE_ONLY graphs of the static decode step (step_mode.py)
+            from vllm.platforms import current_platform
+            step_mode.configure_engine(vllm_config, on_cuda=current_platform.is_cuda())
             if fast_prefill.enabled(vllm_config):
                 fast_prefill.install_guard(vllm_config)
             MambaModelConfig.verify_and_update_config(vllm_config)

@@ -145,11 +145,132 @@ def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_len
         out_row=np.concatenate([np.arange(M_open), M_open + np.arange(len(end_rows)) * R + R - 1]))
 
 
+@dataclass
+class DecodePlan:
+    """The static layout of a uniform single-token decode step: every array
+    has one row per request (B, vLLM's padded batch included), so every shape
+    of the forward is a function of B alone. A request's token closes a block
+    or not; either way it gets one block-decoder row and R token-decoder rows:
+    a closing token's R rows are the next block's prefix positions, any
+    other token uses row 0 and its spare rows write to a scratch key column
+    (S = R+L-1) that no query sees."""
+    closes: np.ndarray  # [B] bool: the token closes a block (its K/V is stored)
+    block_pos: np.ndarray  # [B] block index of the token's block (rotary position)
+    piece_is_pad: np.ndarray  # [B, L] bool: piece k precedes the sequence
+    pending_idx: np.ndarray  # [B] in-block index the token's piece is stored at
+    row_pos: np.ndarray  # [B, R] token-decoder position of each row
+    kv_col: np.ndarray  # [B, R] window column each row writes K/V to (S: scratch)
+    from_state: np.ndarray  # [B, S + 1] bool: window column read from the state
+    out_row: np.ndarray  # [B] flat row (b * R + r) holding request b's hidden state
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.closes)
+
+
+def build_decode_plan(seq_lens: np.ndarray, block_length: int,
+                      prefix_length: int) -> DecodePlan:
+    """The static plan of a step in which every request has one new token,
+    from each request's length after the step (0: a padded request, which
+    reads and writes only what nobody reads)."""
+    L, R = block_length, prefix_length
+    S = R + L - 1
+    seq = np.asarray(seq_lens, dtype=np.int64)
+    B = len(seq)
+    pos = seq - 1
+    j = index_in_block(pos, L)
+    closes = (j == L - 1) & (seq > 0)
+    opened = (j != L - 1) & (seq > 0)  # padded requests are neither: all rows scratch
+    row_pos = np.where(closes[:, None], np.arange(R), 0)
+    row_pos[opened, 0] = R + j[opened]
+    kv_col = np.where(closes[:, None], np.arange(R), S)
+    kv_col[opened, 0] = R + j[opened]
+    from_state = opened[:, None] & (np.arange(S + 1) < np.where(opened, R + j, 0)[:, None])
+    return DecodePlan(
+        closes=closes, block_pos=np.maximum(padded_index(pos, L) // L, 0),
+        piece_is_pad=(pos[:, None] - np.arange(L - 1, -1, -1)) < 0,
+        pending_idx=np.minimum(j, max(L - 2, 0)), row_pos=row_pos, kv_col=kv_col,
+        from_state=from_state,
+        out_row=np.arange(B) * R + np.where(closes, R - 1, 0))
+
+
+def worst_case_plan(num_tokens: int, max_num_seqs: int, block_length: int,
+                    prefix_length: int, last_windows_only: bool = False) -> StepPlan:
+    """The plan of the heaviest step `num_tokens` tokens can make: as many
+    requests as the engine admits, each prefilling from position 0, so the
+    most blocks close (every L-th token of each, plus each one's first) and
+    the token decoder gets the most rows. vLLM's profile run measures it."""
+    n = max(1, min(max_num_seqs, num_tokens))
+    qlen = np.full(n, num_tokens // n, dtype=np.int64)
+    qlen[:num_tokens % n] += 1
+    qsl = np.concatenate([[0], np.cumsum(qlen)])
+    return build_step_plan(qsl, qlen, block_length, prefix_length, last_windows_only)
+
+
+class DecodePlanBuffer:
+    """Persistent home of decode plans on the device: each field has a fixed
+    region sized for `max_batch` requests, so a plan of B requests is always
+    read from the same addresses (what a CUDA-graph replay needs). Fields stay
+    int64 (the forward compares bool fields with 0 inside the graph)."""
+
+    def __init__(self, block_length: int, prefix_length: int, max_batch: int,
+                 device: torch.device) -> None:
+        L, R = block_length, prefix_length
+        self.widths = dict(closes=1, block_pos=1, piece_is_pad=L, pending_idx=1,
+                           row_pos=R, kv_col=R, from_state=R + L, out_row=1)
+        self.max_batch = max_batch
+        self.offsets, at = {}, 0
+        for name, width in self.widths.items():
+            self.offsets[name] = at
+            at += max_batch * width
+        self.device = device
+        self.device_buf = torch.zeros(at, dtype=torch.int64, device=device)
+        on_host = device.type == "cpu"
+        self.host_buf = self.device_buf if on_host else torch.zeros(
+            at, dtype=torch.int64, pin_memory=device.type == "cuda")
+
+    def upload(self, plan: DecodePlan) -> DecodePlan:
+        B = plan.batch_size
+        if B > self.max_batch:
+            raise ValueError(f"decode batch {B} exceeds the plan buffer ({self.max_batch})")
+        views = {}
+        for name, width in self.widths.items():
+            at = self.offsets[name]
+            region = slice(at, at + B * width)
+            self.host_buf[region] = torch.from_numpy(
+                getattr(plan, name).astype(np.int64).ravel())
+            views[name] = self.device_buf[region].view(B, width) if width > 1 \
+                else self.device_buf[region]
+        if self.host_buf is not self.device_buf:
+            self.device_buf.copy_(self.host_buf, non_blocking=True)
+        return DecodePlan(**views)
+
+
+def is_uniform_decode(query_start_loc: np.ndarray) -> bool:
+    """Whether every request of the step has at most one new token (vLLM's
+    padded requests have none) and at least one has one."""
+    qlen = np.diff(np.asarray(query_start_loc))
+    return len(qlen) > 0 and int(qlen.max()) == 1 and int(qlen.min()) >= 0
+
+
 @functools.lru_cache(maxsize=1)
 def _cached(qsl: bytes, seq: bytes, block_length: int, prefix_length: int,
             last_windows_only: bool, device: torch.device) -> StepPlan:
     return build_step_plan(np.frombuffer(qsl, np.int64), np.frombuffer(seq, np.int64),
                            block_length, prefix_length, last_windows_only).to(device)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_decode(seq: bytes, block_length: int, prefix_length: int) -> DecodePlan:
+    return build_decode_plan(np.frombuffer(seq, np.int64), block_length, prefix_length)
+
+
+def host_decode_plan(seq_lens: torch.Tensor, block_length: int,
+                     prefix_length: int) -> DecodePlan:
+    """The step's decode plan on the host; built once per step however many
+    metadata builders ask."""
+    seq = seq_lens.numpy().astype(np.int64).tobytes()
+    return _cached_decode(seq, block_length, prefix_length)
 
 
 def device_step_plan(query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
