@@ -88,17 +88,19 @@ def test_uniform_decode_means_one_token_per_request_padding_allowed():
     assert not is_uniform_decode(np.array([0]))
 
 
-def test_plan_buffer_keeps_every_field_at_fixed_addresses():
-    buf = DecodePlanBuffer(4, 2, max_batch=16, device=torch.device("cpu"))
-    first = buf.upload(build_decode_plan(np.array([5, 9, 2, 1]), 4, 2))
-    plan = build_decode_plan(np.array([7, 3, 12, 40]), 4, 2)
+@pytest.mark.parametrize("L,R", [(4, 2), (1, 1)])
+def test_plan_buffer_keeps_every_field_at_fixed_addresses(L, R):
+    buf = DecodePlanBuffer(L, R, max_batch=16, device=torch.device("cpu"))
+    first = buf.upload(build_decode_plan(np.array([5, 9, 2, 1]), L, R))
+    plan = build_decode_plan(np.array([7, 3, 12, 40]), L, R)
     again = buf.upload(plan)
     for name in buf.widths:
         a, b = getattr(first, name), getattr(again, name)
         assert a.data_ptr() == b.data_ptr(), name
+        assert b.shape == getattr(plan, name).shape, name  # [B, 1] stays 2-D
         assert np.array_equal(b.numpy(), getattr(plan, name).astype(np.int64)), name
     with pytest.raises(ValueError, match="exceeds"):
-        buf.upload(build_decode_plan(np.arange(17) + 1, 4, 2))
+        buf.upload(build_decode_plan(np.arange(17) + 1, L, R))
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["all-rows", "fast-prefill"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,8 +41,7 @@ from . import fast_prefill
 from .cache import BlockDecoderAttention, TokenDecoderState
 from .config import BlockTransformerConfig, num_complete_blocks
 from .step_mode import StepMode
-from .step_plan import (DecodePlan, DecodePlanBuffer, StepPlan, build_decode_plan,
-                        worst_case_plan)
+from .step_plan import DecodePlan, StepPlan, worst_case_plan
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -274,8 +272,18 @@ class BlockTransformerForCausalLM(nn.Module):
         self.decode_step = self._decode_step
         if self.step_mode.compile_decode:  # with the inductor options vLLM's platform set
             options = dict(vllm_config.compilation_config.inductor_compile_config)
-            self.decode_step = torch.compile(self._decode_step, dynamic=True, fullgraph=True,
-                                             options=options)
+            compiled = torch.compile(self._decode_step, dynamic=True, fullgraph=True,
+                                     options=options)
+
+            def decode_step(ids, plan, slots, windows, pending):
+                # vLLM's compile settings make shapes static by default: mark
+                # the batch dynamic (one graph for all B > 1, compiled at the
+                # first step of that kind: the caches' strides are known then)
+                for t in (ids, *vars(plan).values(), *slots, *windows, pending):
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+                return compiled(ids, plan, slots, windows, pending)
+
+            self.decode_step = decode_step
         self.profiled: tuple[int, int] | None = None  # (rows, blocks) of the last profile
 
     @classmethod
@@ -391,22 +399,14 @@ class BlockTransformerForCausalLM(nn.Module):
         max_num_seqs, fast = self.profile_shape
         plan = worst_case_plan(T, max_num_seqs, self.L, self.R, fast)
         n = int(plan.last_win.shape[0])
-        with torch.inference_mode(False):  # like the real caches (no recompile for them)
-            # two pages: one would make a compiled decode step specialise on it
-            windows = [torch.zeros((2, *s.shapes[0]), dtype=s.dtypes[0], device=device)
-                       for s in self.token_decoder.states]
-            state = self.token_decoder.states[0]
-            pending = torch.zeros((2, *state.shapes[1]), dtype=state.dtypes[1], device=device)
+        windows = [torch.zeros((1, *s.shapes[0]), dtype=s.dtypes[0], device=device)
+                   for s in self.token_decoder.states]
+        state = self.token_decoder.states[0]
+        pending = torch.zeros((1, *state.shapes[1]), dtype=state.dtypes[1], device=device)
         slots = [torch.zeros(n, dtype=torch.long, device=device)] * len(windows)
         ids = torch.zeros_like(input_ids)
         out = self._mixed_step(ids, plan.to(device), slots, windows, pending)
         self.profiled = (len(plan.row_pos), plan.num_blocks)
-        if self.step_mode.compile_decode:  # compile the decode step now, not in a request:
-            for B in {1, min(max_num_seqs, T)}:  # torch.compile specialises batch 1
-                decode = DecodePlanBuffer(self.L, self.R, B, device).upload(
-                    build_decode_plan(np.arange(B) + 2, self.L, self.R))
-                slots = [torch.zeros(B, dtype=torch.long, device=device)] * len(windows)
-                self.decode_step(ids, decode, slots, windows, pending)
         return out.zero_()
 
     def _pad(self) -> torch.Tensor:

@@ -237,10 +237,9 @@ class DecodePlanBuffer:
         for name, width in self.widths.items():
             at = self.offsets[name]
             region = slice(at, at + B * width)
-            self.host_buf[region] = torch.from_numpy(
-                getattr(plan, name).astype(np.int64).ravel())
-            views[name] = self.device_buf[region].view(B, width) if width > 1 \
-                else self.device_buf[region]
+            host = getattr(plan, name)
+            self.host_buf[region] = torch.from_numpy(host.astype(np.int64).ravel())
+            views[name] = self.device_buf[region].view(host.shape)
         if self.host_buf is not self.device_buf:
             self.device_buf.copy_(self.host_buf, non_blocking=True)
         return DecodePlan(**views)
