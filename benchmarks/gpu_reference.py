@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
             del model
             if args.device == "cuda":
                 torch.cuda.empty_cache()
-    summary = summarise(runs, [], peaks, None)
+    summary = summarise(runs, [], peaks)
     tag = f"reference_{args.scale}"
     result = {"command": "python benchmarks/gpu_reference.py " + " ".join(
                   sys.argv[1:] if argv is None else argv),

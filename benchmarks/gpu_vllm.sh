@@ -8,7 +8,7 @@
 # block_main_b4_300, vanilla_410 / block_main_b4_1.2b; bf16; workloads 2048 -> 128
 # and 128 -> 2048, 256 requests each handed to LLM.generate at once, 24 GiB KV
 # budget per engine. Columns: block-fast (this plugin with --kv-sharing-fast-prefill,
-# its throughput setting), vanilla as vLLM's native GPT-J,
+# its throughput setting), vanilla as vLLM's native GPT-J at vLLM's defaults (CUDA graphs),
 # and vanilla GPT-NeoX through vLLM's Transformers backend (first pair only, to
 # stay within about 8 minutes on an H200). Writes
 # benchmarks/results/throughput_paper.json and throughput_paper_bfloat16.png.

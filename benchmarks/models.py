@@ -192,6 +192,26 @@ PAPER_PAIRS = [
 ]
 
 
+def decode_step(model, context: float, batch: int, nbytes: int) -> tuple[float, float]:
+    """MACs and bytes moved (weights read once, every request's cache) of one
+    decode step of `batch` requests at `context`."""
+    return (batch * model.decode_macs(context),
+            model.weight_bytes_per_step(nbytes) + batch * model.cache_read_per_step(context, nbytes))
+
+
+def decode_step_limit(model, context: float, batch: int, nbytes: int, peak_flops: float,
+                      bandwidth: float) -> dict:
+    """Fastest possible decode step of `batch` requests at `context`:
+    max(compute time, bytes / bandwidth)."""
+    macs, moved = decode_step(model, context, batch, nbytes)
+    compute_s, memory_s = 2 * macs / peak_flops, moved / bandwidth
+    return {"batch": batch, "context": context, "gmacs_per_step": round(macs / 1e9, 4),
+            "mbytes_per_step": round(moved / 1e6, 3),
+            "compute_ms": round(compute_s * 1e3, 3), "memory_ms": round(memory_s * 1e3, 3),
+            "bound": "compute" if compute_s >= memory_s else "memory",
+            "limit_tokens_per_s": round(batch / max(compute_s, memory_s), 1)}
+
+
 def roofline(model, prompt: int, new: int, requests: int, batch: int, nbytes: int,
              peak_flops: float, bandwidth: float) -> dict:
     """Fastest possible run of `requests` prompts of `prompt` tokens, each
@@ -201,13 +221,10 @@ def roofline(model, prompt: int, new: int, requests: int, batch: int, nbytes: in
     waves = math.ceil(requests / batch)
     prefill_s = requests * 2 * model.prefill_macs(prompt) / peak_flops
     decode_s, macs_total, bytes_total, compute_s, memory_s = 0.0, 0.0, 0.0, 0.0, 0.0
-    weights = model.weight_bytes_per_step(nbytes)
     for w in range(waves):
         b = min(batch, requests - w * batch)
         for t in range(new - 1):  # the first token comes from the prefill
-            ctx = prompt + t
-            macs = b * model.decode_macs(ctx)
-            moved = weights + b * model.cache_read_per_step(ctx, nbytes)
+            macs, moved = decode_step(model, prompt + t, b, nbytes)
             c, m = 2 * macs / peak_flops, moved / bandwidth
             decode_s += max(c, m)
             compute_s += c

@@ -17,8 +17,11 @@ import random
 import time
 from pathlib import Path
 
-from profile_decode import make_model
+from throughput import make_checkpoint
 
+# the engine core in this process, as when this script took its model from
+# profile_decode (which sets it)
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,9 +58,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--model-dir", default="/tmp/vllm_block_b4_19")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/vllm_block_bench"),
+                    help="where the random-weight checkpoint is written")
     args = ap.parse_args()
-    path = make_model(Path(args.model_dir + "_float32"), "float32")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    path = make_checkpoint("block_main_b4_19", "block", "float32", args.cache)
     rng = random.Random(0)
     prompts = [{"prompt_token_ids": [rng.randrange(50000) for _ in range(args.prompt_len)]}
                for _ in range(args.requests)]
