@@ -196,7 +196,8 @@ def decode_step(model, context: float, batch: int, nbytes: int) -> tuple[float, 
     """MACs and bytes moved (weights read once, every request's cache) of one
     decode step of `batch` requests at `context`."""
     return (batch * model.decode_macs(context),
-            model.weight_bytes_per_step(nbytes) + batch * model.cache_read_per_step(context, nbytes))
+            model.weight_bytes_per_step(nbytes)
+            + batch * model.cache_read_per_step(context, nbytes))
 
 
 def decode_step_limit(model, context: float, batch: int, nbytes: int, peak_flops: float,

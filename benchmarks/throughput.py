@@ -15,8 +15,8 @@ One command measures, side by side in one run (interleaved, repeated):
                (block: vllm_block.reference; vanilla: transformers GPTNeoX)
 
 The block columns never pass `enforce_eager`: the plugin's engine-config hook
-decides; every engine's resulting graph / compile mode is recorded. Two tables, each its own workloads
-and KV budget per engine (random prompt ids, ignore_eos, all requests handed
+decides; every engine's resulting graph / compile mode is recorded. Two tables, each its
+own workloads and KV budget per engine (random prompt ids, ignore_eos, all requests handed
 to `LLM.generate` at once):
 
   paper regime   the paper's shapes at its configs' 2048 positions, 128 -> 1888
