@@ -38,7 +38,7 @@ from . import fast_prefill
 from .config import index_in_block, num_complete_blocks
 from .step_mode import StepMode
 from .step_plan import (DecodePlan, DecodePlanBuffer, StepPlan, device_step_plan,
-                        host_decode_plan, is_uniform_decode)
+                        host_decode_plan, is_uniform_decode, upload)
 
 
 def decode_batch_capacity(vllm_config: VllmConfig) -> int:
@@ -124,13 +124,13 @@ def make_block_attention_backend(underlying: type[AttentionBackend],
             block_idx = torch.arange(total) - block_qsl[req] + blocks_before[req]
             spp = self.entries_per_page
             device = cm.block_table_tensor.device
-            req_d, block_d = req.to(device), block_idx.to(device)
+            req_d, block_d = upload(req, device), upload(block_idx, device)
             pages = cm.block_table_tensor[req_d, block_d // spp].long()
             slots = pages * spp + block_d % spp
             block_cm = cm.replace(
-                query_start_loc=block_qsl.int().to(cm.query_start_loc.device),
+                query_start_loc=upload(block_qsl.int(), cm.query_start_loc.device),
                 query_start_loc_cpu=block_qsl.int(),
-                seq_lens=blocks_after.int().to(cm.seq_lens.device),
+                seq_lens=upload(blocks_after.int(), cm.seq_lens.device),
                 seq_lens_cpu_upper_bound=blocks_after.int(),
                 num_actual_tokens=total,
                 max_query_len=int(new_blocks.max()) if n else 0,
@@ -157,12 +157,12 @@ def make_block_attention_backend(underlying: type[AttentionBackend],
             closes = (index_in_block(seq - 1, L) == L - 1) & (qlen > 0)
             block_idx = (blocks - 1).clamp(min=0)
             spp = self.entries_per_page
-            seq_buf[:n].copy_(blocks, non_blocking=True)
+            seq_buf[:n].copy_(upload(blocks, seq_buf.device))
             table = cm.block_table_tensor[:n]
-            index = (block_idx // spp).to(table.device, non_blocking=True)
+            index = upload(block_idx // spp, table.device)
             pages = table.gather(1, index[:, None])[:, 0].long()
-            offset = (block_idx % spp).to(table.device, non_blocking=True)
-            keep = closes.to(table.device, non_blocking=True)
+            offset = upload(block_idx % spp, table.device)
+            keep = upload(closes, table.device)
             slot_buf[:n] = torch.where(keep, pages * spp + offset, -1)
             block_cm = cm.replace(
                 seq_lens=seq_buf[:n],

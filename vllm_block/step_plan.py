@@ -22,6 +22,15 @@ import torch
 from .config import index_in_block, padded_index
 
 
+def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without a stream sync: pinned and
+    non-blocking on CUDA (a blocking copy would also stall vLLM's async
+    scheduling); as it is on the CPU."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 @dataclass
 class StepPlan:
     """Index arrays (numpy on the host, torch on the device) and host sizes."""
@@ -58,11 +67,7 @@ class StepPlan:
         copy of one packed int64 buffer (pinned on CUDA, non-blocking)."""
         arrays = [f.name for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)]
         flat = np.concatenate([getattr(self, a).astype(np.int64).ravel() for a in arrays])
-        packed = torch.from_numpy(flat)
-        if device.type == "cuda":
-            packed = packed.pin_memory().to(device, non_blocking=True)
-        else:
-            packed = packed.to(device)
+        packed = upload(torch.from_numpy(flat), device)
         out, at = {}, 0
         for a in arrays:
             host = getattr(self, a)
