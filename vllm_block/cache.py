@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +36,7 @@ from vllm.v1.attention.selector import get_attn_backend
 from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
 
 from . import fast_prefill
-from .config import index_in_block, num_complete_blocks
+from .config import num_complete_blocks
 from .step_mode import StepMode
 from .step_plan import (DecodePlan, DecodePlanBuffer, StepPlan, device_step_plan,
                         host_decode_plan, is_uniform_decode, upload)
@@ -100,6 +101,7 @@ def make_block_attention_backend(underlying: type[AttentionBackend],
             super().__init__(entry_spec, layer_names, vllm_config, device)
             self.entries_per_page = entry_spec.block_size
             self.static_decode = StepMode.of(vllm_config).static_decode
+            self.prefix_length = vllm_config.model_config.hf_config.prefix_length
             self.decode_bufs: tuple[torch.Tensor, torch.Tensor] | None = None
 
         @classmethod
@@ -151,11 +153,12 @@ def make_block_attention_backend(underlying: type[AttentionBackend],
                                     torch.full((capacity,), -1, dtype=torch.long,
                                                device=self.device))
             seq_buf, slot_buf = self.decode_bufs
-            seq = cm.seq_lens_cpu_upper_bound[:n].long()
-            qlen = cm.query_start_loc_cpu[1:n + 1] - cm.query_start_loc_cpu[:n]
-            blocks = num_complete_blocks(seq, L) * (qlen > 0)
-            closes = (index_in_block(seq - 1, L) == L - 1) & (qlen > 0)
-            block_idx = (blocks - 1).clamp(min=0)
+            seq = cm.seq_lens_cpu_upper_bound[:n]
+            # the token-state builder's plan (cached): which tokens close which block
+            plan = host_decode_plan(seq, L, self.prefix_length)
+            blocks = num_complete_blocks(seq.long(), L)  # padded requests (length 0): none
+            closes = torch.from_numpy(plan.closes)
+            block_idx = torch.from_numpy(np.where(plan.closes, plan.block_pos, 0))
             spp = self.entries_per_page
             seq_buf[:n].copy_(upload(blocks, seq_buf.device))
             table = cm.block_table_tensor[:n]

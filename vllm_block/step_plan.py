@@ -220,9 +220,9 @@ class DecodePlanBuffer:
 
     def __init__(self, block_length: int, prefix_length: int, max_batch: int,
                  device: torch.device) -> None:
-        L, R = block_length, prefix_length
-        self.widths = dict(closes=1, block_pos=1, piece_is_pad=L, pending_idx=1,
-                           row_pos=R, kv_col=R, from_state=R + L, out_row=1)
+        # each field's width per request, as build_decode_plan makes it
+        one = build_decode_plan(np.ones(1), block_length, prefix_length)
+        self.widths = {f.name: getattr(one, f.name).size for f in fields(DecodePlan)}
         self.max_batch = max_batch
         self.offsets, at = {}, 0
         for name, width in self.widths.items():
