@@ -8,6 +8,7 @@ here and nowhere else.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -60,6 +61,36 @@ def index_in_block(position: Any, block_length: int) -> Any:
 def num_complete_blocks(num_tokens: Any, block_length: int) -> Any:
     """Complete blocks among the first `num_tokens` real tokens."""
     return padded_index(num_tokens, block_length) // block_length
+
+
+def window_size(block_length: int, prefix_length: int) -> int:
+    """Token-decoder positions of one block's window (R prefix vectors and the
+    block's first L-1 tokens): the token decoder's cache length."""
+    return prefix_length + block_length - 1
+
+
+def num_block_positions(num_tokens: int, block_length: int) -> int:
+    """Block indices a sequence of `num_tokens` real tokens uses: its complete
+    blocks and the open one (block-decoder rotary positions)."""
+    return num_complete_blocks(num_tokens, block_length) + 1
+
+
+@dataclass(frozen=True)
+class DecoderDims:
+    """One GPT-NeoX decoder's sizes, as the vLLM layers take them."""
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    rotary_pct: float
+    rope_theta: float
+    layer_norm_eps: float
+    parallel_residual: bool
+    act: str
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -133,6 +164,13 @@ class BlockTransformerConfig(PretrainedConfig):
         """The GPT-NeoX hyper-parameters of decoder `name` ("block"/"token")."""
         return {k: getattr(self, f"{name}_{k}") for k in DECODER_DEFAULTS}
 
+    def decoder_dims(self, name: str) -> DecoderDims:
+        """Decoder `name`'s sizes as a typed record (what the layers take)."""
+        d = self.decoder_params(name)
+        return DecoderDims(d["num_hidden_layers"], d["hidden_size"], d["num_attention_heads"],
+                           d["intermediate_size"], d["rotary_pct"], d["rotary_emb_base"],
+                           d["layer_norm_eps"], d["use_parallel_residual"], d["hidden_act"])
+
     def decoder_head_dim(self, name: str) -> int:
         d = self.decoder_params(name)
         return d["hidden_size"] // d["num_attention_heads"]
@@ -144,12 +182,12 @@ class BlockTransformerConfig(PretrainedConfig):
     @property
     def token_cache_length(self) -> int:
         """Entries the token decoder's cache holds at most: R + L - 1."""
-        return self.prefix_length + self.block_length - 1
+        return window_size(self.block_length, self.prefix_length)
 
     @property
     def max_num_blocks(self) -> int:
         """Block-decoder positions needed for max_position_embeddings tokens."""
-        return num_complete_blocks(self.max_position_embeddings, self.block_length) + 1
+        return num_block_positions(self.max_position_embeddings, self.block_length)
 
     # -- validation ---------------------------------------------------------
     def validate(self) -> None:
