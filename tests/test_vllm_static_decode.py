@@ -8,10 +8,12 @@ torch.compile(fullgraph=True), and the profile run executes the worst-case
 plan. Tolerances: greedy tokens exact, logprobs within 1e-3."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-import engine as engine_module
+import test_vllm_scheduling as scheduling
 from engine import (LOGPROB_TOL, check_against_cases, check_against_reference, engine,
                     greedy_params, save_model, token_prompts)
 from helpers import greedy_cases, random_model
@@ -114,26 +116,46 @@ def test_static_step_equals_the_exact_step_and_the_reference(
 
 
 @pytest.fixture
-def static_engines(monkeypatch):
-    """Every engine the reused scheduler tests start runs the static step."""
-    for key, value in STATIC.items():
-        monkeypatch.setitem(engine_module.ENGINE_DEFAULTS, key, value)
+def static_engines(monkeypatch, rpc):
+    """Every engine the reused scheduler tests start runs with the static step
+    and counts its static decode steps; yields the counts, one list per engine."""
+    counts = []
+
+    @contextlib.contextmanager
+    def counting_engine(model, **kwargs):
+        with engine(model, **{**STATIC, **kwargs}) as llm:
+            llm.collective_rpc(count_decode_steps)
+            yield llm
+            ((steps),) = llm.collective_rpc(decode_steps)
+            counts.append(steps)
+
+    monkeypatch.setattr(scheduling, "engine", counting_engine)
+    return counts
+
+
+def ran_the_static_step(counts: list[list[int]]) -> None:
+    assert counts, "the scheduler test started no engine"
+    assert all(len(steps) > 0 for steps in counts), \
+        f"an engine never ran the static decode step: {[len(s) for s in counts]}"
 
 
 @FAST_PREFILL
 def test_chunked_prefill_with_the_static_step(tiny_b4_dir, static_engines, fast):
     chunked_prefill(tiny_b4_dir, fast)
+    ran_the_static_step(static_engines)
 
 
 @FAST_PREFILL
 def test_preemption_with_the_static_step(tiny_b4_dir, tiny_b4_model, static_engines, fast):
     preemption(tiny_b4_dir, tiny_b4_model, fast)
+    ran_the_static_step(static_engines)
 
 
 @FAST_PREFILL
 def test_prefix_caching_align_mode_with_the_static_step(tiny_b4_dir, tiny_b4_model,
                                                         static_engines, fast):
     prefix_caching(tiny_b4_dir, tiny_b4_model, fast)
+    ran_the_static_step(static_engines)
 
 
 def test_static_step_has_no_host_sync(tiny_b4_dir, rpc):
