@@ -32,6 +32,14 @@ DECODER_DEFAULTS: dict[str, Any] = {
 }
 DECODERS = ("block", "token")
 SUPPORTED_ACTIVATIONS = ("gelu",)
+# how the embedder turns a block's L token embeddings into one block vector:
+# "concat" joins them; "projection_layer" maps the joined [L * E] vector with a
+# learned linear layer (the original Conv1d(E, D, kernel = stride = L), bias).
+EMBEDDER_PROJECTIONS = ("concat", "projection_layer")
+# how the token decoder sees the previous block's context (expanded into
+# prefix_length vectors): "prefix" puts them before the block's tokens;
+# "summation" (MEGABYTE) adds vector i to the input at local position i.
+DECODING_STRATEGIES = ("prefix", "summation")
 
 
 def default_num_attention_heads(hidden_size: int) -> int:
@@ -44,28 +52,50 @@ def default_num_attention_heads(hidden_size: int) -> int:
 
 
 # ---------------------------------------------------------------------------
-# The serving alignment: block_length - 1 virtual pad tokens precede every
-# prompt, so real token p sits at padded index p + L - 1 and token 0 closes
-# block 0. Everything that maps tokens to blocks uses these three functions.
+# The serving alignment. A request is laid out as `num_pad` virtual pad tokens
+# followed by its real tokens, cut into blocks of L; real token p sits at
+# padded index p + num_pad. `num_pad` is fixed when the request starts:
+#   "pad"   (random_pad_first_block: true): L - 1, so token 0 closes block 0;
+#   "nopad" (trained without first-block padding): 0 when the prompt has at
+#           least L tokens (block b covers tokens bL .. bL+L-1), else L - T:
+#           the prompt is left-padded to exactly one block, as the original
+#           generate() does. The pad token is the end-of-text token, so this
+#           is also a virtual document boundary, as packed training data has.
+# Everything that maps tokens to blocks uses these functions; `num_pad=None`
+# means the pad layout (L - 1).
 # ---------------------------------------------------------------------------
-def padded_index(position: Any, block_length: int) -> Any:
+ALIGNMENTS = ("pad", "nopad")
+
+
+def virtual_pad_length(alignment: str, block_length: int, prompt_length: int) -> int:
+    """Virtual pad tokens before a request whose prompt has `prompt_length` tokens."""
+    if alignment == "pad":
+        return block_length - 1
+    if alignment == "nopad":
+        return max(0, block_length - prompt_length)
+    raise ValueError(f"unknown alignment {alignment!r} (supported: {', '.join(ALIGNMENTS)})")
+
+
+def padded_index(position: Any, block_length: int, num_pad: Any = None) -> Any:
     """Index of real token `position` in the virtually padded sequence."""
-    return position + block_length - 1
+    return position + (block_length - 1 if num_pad is None else num_pad)
 
 
-def index_in_block(position: Any, block_length: int) -> Any:
+def index_in_block(position: Any, block_length: int, num_pad: Any = None) -> Any:
     """In-block index (0..L-1) of real token `position`; L-1 closes a block."""
-    return padded_index(position, block_length) % block_length
+    return padded_index(position, block_length, num_pad) % block_length
 
 
-def num_complete_blocks(num_tokens: Any, block_length: int) -> Any:
+def num_complete_blocks(num_tokens: Any, block_length: int, num_pad: Any = None) -> Any:
     """Complete blocks among the first `num_tokens` real tokens."""
-    return padded_index(num_tokens, block_length) // block_length
+    return padded_index(num_tokens, block_length, num_pad) // block_length
 
 
 def window_size(block_length: int, prefix_length: int) -> int:
-    """Token-decoder positions of one block's window (R prefix vectors and the
-    block's first L-1 tokens): the token decoder's cache length."""
+    """Token-decoder positions of one block's window (the lead positions:
+    R prefix vectors, or the 1 start position of "summation", see
+    `BlockTransformerConfig.token_lead_length`, and the block's first L-1
+    tokens): the token decoder's cache length."""
     return prefix_length + block_length - 1
 
 
@@ -100,8 +130,11 @@ def _is_positive_int(value: Any) -> bool:
 class BlockTransformerConfig(PretrainedConfig):
     """Hyper-parameters of a Block Transformer (Ho et al., 2024).
 
-    `prefix_length` is the original `expansion_ratio`: how many prefix
-    vectors the token decoder gets from the previous block's context.
+    `prefix_length` is the original `expansion_ratio`: how many vectors the
+    previous block's context is expanded into (prefix vectors for "prefix";
+    block_length vectors added to the token inputs for "summation").
+    `alignment` ("pad" / "nopad") is how the model was trained to see the
+    first block (see `virtual_pad_length`); configs without it are "pad".
     `max_position_embeddings` counts real tokens (the serving limit).
     The generic `hidden_size`, `num_attention_heads` and `num_hidden_layers`
     alias the token decoder, whose output feeds the LM head.
@@ -126,10 +159,16 @@ class BlockTransformerConfig(PretrainedConfig):
         bos_token_id: int = 0,
         eos_token_id: int = 0,
         tie_word_embeddings: bool = False,
+        alignment: str = "pad",
+        embedder_projection: str = "concat",
+        decoding_strategy: str = "prefix",
         **kwargs: Any,
     ) -> None:
         self.block_length = block_length
         self.prefix_length = prefix_length
+        self.alignment = alignment
+        self.embedder_projection = embedder_projection
+        self.decoding_strategy = decoding_strategy
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
         for dec in DECODERS:
@@ -180,9 +219,21 @@ class BlockTransformerConfig(PretrainedConfig):
         return int(self.decoder_params(name)["rotary_pct"] * self.decoder_head_dim(name))
 
     @property
+    def token_lead_length(self) -> int:
+        """Token-decoder positions before a block's first token: the R prefix
+        vectors ("prefix") or one start position ("summation"). The output at
+        lead - 1 + i predicts the block's token i."""
+        return self.prefix_length if self.decoding_strategy == "prefix" else 1
+
+    @property
     def token_cache_length(self) -> int:
-        """Entries the token decoder's cache holds at most: R + L - 1."""
-        return window_size(self.block_length, self.prefix_length)
+        """Entries the token decoder's cache holds at most: lead + L - 1
+        (R + L - 1 for "prefix", L for "summation")."""
+        return window_size(self.block_length, self.token_lead_length)
+
+    def virtual_pad(self, prompt_length: int) -> int:
+        """Virtual pad tokens before a request of this model (its alignment)."""
+        return virtual_pad_length(self.alignment, self.block_length, prompt_length)
 
     @property
     def max_num_blocks(self) -> int:
@@ -203,6 +254,17 @@ class BlockTransformerConfig(PretrainedConfig):
 
         L = positive_int("block_length")
         positive_int("prefix_length")
+        for field, allowed in (("alignment", ALIGNMENTS),
+                               ("embedder_projection", EMBEDDER_PROJECTIONS),
+                               ("decoding_strategy", DECODING_STRATEGIES)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"BlockTransformerConfig.{field} must be one of "
+                    f"{', '.join(allowed)}, got {getattr(self, field)!r}")
+        if self.decoding_strategy == "summation" and self.prefix_length != L:
+            raise ValueError(
+                f"BlockTransformerConfig.prefix_length ({self.prefix_length}) must "
+                f"equal block_length ({L}) for decoding_strategy summation")
         positive_int("vocab_size")
         positive_int("max_position_embeddings")
         for dec in DECODERS:
@@ -241,12 +303,13 @@ class BlockTransformerConfig(PretrainedConfig):
                 raise ValueError(
                     f"BlockTransformerConfig.{dec}_use_parallel_residual must be "
                     f"true or false")
-        if self.block_hidden_size % L:
+        concat = self.embedder_projection == "concat"
+        if concat and self.block_hidden_size % L:
             raise ValueError(
                 f"BlockTransformerConfig.block_hidden_size ({self.block_hidden_size}) "
                 f"must be divisible by block_length ({L})")
         positive_int("embedder_hidden_size")
-        if self.embedder_hidden_size != self.block_hidden_size // L:
+        if concat and self.embedder_hidden_size != self.block_hidden_size // L:
             raise ValueError(
                 f"BlockTransformerConfig.embedder_hidden_size "
                 f"({self.embedder_hidden_size}) must equal block_hidden_size / "
@@ -260,8 +323,8 @@ class BlockTransformerConfig(PretrainedConfig):
         if self.token_max_position_embeddings < self.token_cache_length:
             raise ValueError(
                 f"BlockTransformerConfig.token_max_position_embeddings "
-                f"({self.token_max_position_embeddings}) is smaller than "
-                f"prefix_length + block_length - 1 ({self.token_cache_length})")
+                f"({self.token_max_position_embeddings}) is smaller than the "
+                f"token decoder's window ({self.token_cache_length})")
         for field in ("pad_token_id", "bos_token_id"):
             value = getattr(self, field)
             if not isinstance(value, int) or not 0 <= value < self.vocab_size:
