@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from test_step_plan import random_batch
-from vllm_block.model import row_attention, window_attention
+from vllm_block.window_attention import row_attention, window_attention
 from vllm_block.step_plan import build_step_plan
 
 

@@ -51,21 +51,14 @@ def _engine_config_hook():
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
             from . import fast_prefill, quantization, step_mode
-            from .cache import KERNEL_ENTRIES_PER_PAGE, block_size_ok, default_block_size
+            from .block_attention import check_block_size, default_block_size
 
-            hf = vllm_config.model_config.hf_config
-            L = hf.block_length
+            L = vllm_config.model_config.hf_config.block_length
             cache = vllm_config.cache_config
             if not cache.user_specified_block_size:
                 cache.block_size = default_block_size(L)
                 cache.user_specified_block_size = True
-            elif not block_size_ok(cache.block_size, L):
-                raise ValueError(
-                    f"block_size {cache.block_size} does not work with this model's "
-                    f"block_length {L}: pages must hold a multiple of "
-                    f"{KERNEL_ENTRIES_PER_PAGE} block entries, so block_size must be a "
-                    f"multiple of {KERNEL_ENTRIES_PER_PAGE * L} (e.g. "
-                    f"{default_block_size(L)}), or leave it unset")
+            check_block_size(cache.block_size, L)
             if vllm_config.speculative_config is not None:
                 raise ValueError(
                     "speculative decoding is not supported for Block Transformer "
@@ -78,6 +71,7 @@ def _engine_config_hook():
                     "architecture has no LoRA layers); start the engine without "
                     "--enable-lora")
             quantization.check(vllm_config.model_config.quantization)
+            hf = vllm_config.model_config.hf_config
             tp = vllm_config.parallel_config.tensor_parallel_size
             for dec in ("block", "token"):
                 for field, what in (("num_attention_heads", "attention heads"),

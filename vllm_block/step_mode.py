@@ -21,7 +21,8 @@ The choice, `--additional-config '{"block_transformer_decode": CHOICE}'`:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 KEY = "block_transformer_decode"
 CHOICES = ("auto", "static", "exact")
@@ -95,3 +96,22 @@ class StepMode:
             return cls(choice == "static" or graphs, False)
         static = choice == "static"
         return cls(static, static and compiled)
+
+
+def compile_static_step(step: Callable, vllm_config) -> Callable:
+    """`step(ids, plan)` compiled with the inductor options vLLM's platform
+    set. vLLM's compile settings make shapes static by default: the batch is
+    marked dynamic (one graph for all B > 1, compiled at the first step of
+    that kind: the caches' strides are known then). The layers' state slots
+    are marked where their metadata is built (token_attention.py)."""
+    import torch
+
+    options = dict(vllm_config.compilation_config.inductor_compile_config)
+    compiled = torch.compile(step, dynamic=True, fullgraph=True, options=options)
+
+    def run(ids, plan):
+        for t in (ids, *(getattr(plan, f.name) for f in fields(plan))):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        return compiled(ids, plan)
+
+    return run

@@ -13,13 +13,12 @@ the next block's last prefix position.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from .config import index_in_block, padded_index
+from .config import index_in_block, num_complete_blocks, padded_index, window_size
 
 
 def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -87,7 +86,7 @@ def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_len
     hold its last token's hidden state (the one vLLM samples from). The other
     prompt positions' outputs are only needed for prompt logprobs."""
     L, R = block_length, prefix_length
-    S = R + L - 1
+    S = window_size(L, R)
     qsl = np.asarray(query_start_loc, dtype=np.int64)
     seq = np.asarray(seq_lens, dtype=np.int64)
     n, T = len(qsl) - 1, int(qsl[-1])
@@ -179,7 +178,7 @@ def build_decode_plan(seq_lens: np.ndarray, block_length: int,
     from each request's length after the step (0: a padded request, which
     reads and writes only what nobody reads)."""
     L, R = block_length, prefix_length
-    S = R + L - 1
+    S = window_size(L, R)
     seq = np.asarray(seq_lens, dtype=np.int64)
     B = len(seq)
     pos = seq - 1
@@ -257,31 +256,50 @@ def is_uniform_decode(query_start_loc: np.ndarray) -> bool:
     return len(qlen) > 0 and int(qlen.max()) == 1 and int(qlen.min()) >= 0
 
 
-@functools.lru_cache(maxsize=1)
-def _cached(qsl: bytes, seq: bytes, block_length: int, prefix_length: int,
-            last_windows_only: bool, device: torch.device) -> StepPlan:
-    return build_step_plan(np.frombuffer(qsl, np.int64), np.frombuffer(seq, np.int64),
-                           block_length, prefix_length, last_windows_only).to(device)
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_decode(seq: bytes, block_length: int, prefix_length: int) -> DecodePlan:
-    return build_decode_plan(np.frombuffer(seq, np.int64), block_length, prefix_length)
-
-
-def host_decode_plan(seq_lens: torch.Tensor, block_length: int,
-                     prefix_length: int) -> DecodePlan:
-    """The step's decode plan on the host; built once per step however many
-    metadata builders ask."""
-    seq = seq_lens.numpy().astype(np.int64).tobytes()
-    return _cached_decode(seq, block_length, prefix_length)
-
-
 def device_step_plan(query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                      block_length: int, prefix_length: int, last_windows_only: bool,
                      device: torch.device) -> StepPlan:
-    """The step's plan on `device`, from vLLM's host-side metadata. Built once
-    per step: every token-decoder layer's metadata builder asks for it."""
-    qsl = query_start_loc.numpy().astype(np.int64).tobytes()
-    seq = seq_lens.numpy().astype(np.int64).tobytes()
-    return _cached(qsl, seq, block_length, prefix_length, last_windows_only, device)
+    """The step's plan on `device`, from vLLM's host-side metadata."""
+    return build_step_plan(query_start_loc.numpy(), seq_lens.numpy(), block_length,
+                           prefix_length, last_windows_only).to(device)
+
+
+@dataclass
+class BlockQueries:
+    """The block decoder's share of a step, derived from its plan: the
+    queries of its paged attention (one per block row, grouped by request in
+    the plan's order) and the block each one writes."""
+    query_start_loc: np.ndarray  # [n + 1] int32: each request's block queries
+    seq_lens: np.ndarray  # [n] int32: each request's complete blocks after the step
+    request: np.ndarray  # [E] request of each block row
+    block: np.ndarray  # [E] block index whose K/V the row writes
+    writes: np.ndarray  # [E] bool: the row stores K/V (the static step runs rows that do not)
+
+    @property
+    def max_query_len(self) -> int:
+        return int(np.diff(self.query_start_loc).max(initial=0))
+
+
+def step_block_queries(plan: StepPlan, seq_lens: np.ndarray, block_length: int) -> BlockQueries:
+    """The exact step: one query per closing token (`plan.block_end`, token
+    order, hence grouped by request)."""
+    n = len(seq_lens)
+    per_request = np.bincount(plan.end_req, minlength=n)
+    qsl = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(per_request, out=qsl[1:])
+    return BlockQueries(qsl, _blocks_after(seq_lens, block_length), plan.end_req,
+                        plan.end_block, np.ones(len(plan.end_req), dtype=bool))
+
+
+def decode_block_queries(plan: DecodePlan, seq_lens: np.ndarray,
+                         block_length: int) -> BlockQueries:
+    """The static decode step: one query per request (padded ones included,
+    which have no blocks); only closing tokens write."""
+    B = plan.batch_size
+    return BlockQueries(np.arange(B + 1, dtype=np.int32), _blocks_after(seq_lens, block_length),
+                        np.arange(B), np.where(plan.closes, plan.block_pos, 0), plan.closes)
+
+
+def _blocks_after(seq_lens: np.ndarray, block_length: int) -> np.ndarray:
+    return num_complete_blocks(np.asarray(seq_lens, dtype=np.int64),
+                               block_length).astype(np.int32)
