@@ -116,7 +116,7 @@ def test_missing_weights_file(tmp_path, src):
     ("token_decoder.decoding_strategy", "summary"),
     ("embedder.cls", "roberta"),
     ("block_split.distribution", "uniform"),
-    ("embedder.projection_method", "projection_layer"),
+    ("token_decoder.decoding_strategy", "cross_attention"),
     ("token_decoder.expansion_method", "cross_attention"),
     ("block_decoder.cls", "llama"),
     ("block_decoder.model_name_or_path", "EleutherAI/pythia-1b"),
@@ -230,8 +230,15 @@ def test_config_validation_names_the_field(overrides, field):
         BlockTransformerConfig(**{**BASE, **overrides})
 
 
-def test_base_validation_config_is_valid():
-    BlockTransformerConfig(**BASE)
+def test_base_validation_config_is_valid_so_each_case_fails_on_its_own_field():
+    config = BlockTransformerConfig(**BASE)
+    assert {k: getattr(config, k) for k in BASE} == BASE
+    # derived from BASE: the embedder splits the block vector over L tokens,
+    # the MLPs are 4x wide
+    assert config.embedder_hidden_size == 64 // 4
+    assert (config.block_intermediate_size, config.token_intermediate_size) == (256, 256)
+    # and it survives config.json
+    assert BlockTransformerConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
 
 
 # -- token ids ---------------------------------------------------------------

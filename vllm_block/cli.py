@@ -1,6 +1,7 @@
 """`vllm-block` command line.
 
     vllm-block convert SRC OUT [--config YAML] [--tokenizer DIR] [--dtype D]
+                       [--alignment pad|nopad]
     vllm-block reference-generate MODEL (--prompt-ids 1,2,3 | --prompt TEXT)
     vllm-block train --out DIR [--arch block|vanilla] [--steps N] [--minutes M] ...
     vllm-block generate MODEL [--prompt TEXT ...] [--prompts-file F] [--max-tokens N]
@@ -24,7 +25,7 @@ def _convert(args: argparse.Namespace) -> None:
 
     try:
         out = convert(args.src, args.out, config=args.config, tokenizer=args.tokenizer,
-                      dtype=args.dtype)
+                      dtype=args.dtype, alignment=args.alignment)
     except ConversionError as e:
         raise CLIError(str(e)) from None
     print(f"wrote {out}")
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="directory with tokenizer.json to copy into OUT")
     p.add_argument("--dtype", default="float32",
                    help="weight dtype: float32 (default), bfloat16 or float16")
+    p.add_argument("--alignment", choices=("pad", "nopad"), default=None,
+                   help="first-block layout the checkpoint was trained with (default: "
+                        "read off the config: random_pad_first_block, else no-pad for "
+                        "models of >= 300M decoder parameters)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("reference-generate",

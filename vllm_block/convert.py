@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .config import ARCHITECTURE, DECODER_DEFAULTS, BlockTransformerConfig
+from .config import ALIGNMENTS, ARCHITECTURE, DECODER_DEFAULTS, BlockTransformerConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -28,13 +28,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
     "block_split.distribution": ("fixed",),
     "embedder.cls": ("lookup",),
-    "embedder.projection_method": ("concat",),
+    "embedder.projection_method": ("concat", "projection_layer"),
     "embedder.n_embedding_tokens": (1,),
     "block_decoder.cls": ("gpt-neo-x",),
     "token_decoder.cls": ("gpt-neo-x",),
     "token_decoder.expansion_method": ("expansion_layer",),
-    "token_decoder.decoding_strategy": ("prefix",),
+    "token_decoder.decoding_strategy": ("prefix", "summation"),
 }
+# conf/eval/eval_multiple_ckpt.yaml of the original code: the released
+# checkpoints "with >= 300M parameters" were trained without first-block
+# padding (their yamls leave random_pad_first_block out) and are evaluated
+# with eval_no_pad. Counted as the two decoders' non-embedding parameters,
+# the paper's model sizes (block_main_b4_300: 302M, block_main_b4_85: 85M).
+NOPAD_MIN_PARAMETERS = 300_000_000
 BASE_MODEL = "EleutherAI/pythia-410m-deduped"
 # decoder `config:` keys that only matter in training
 IGNORED_DECODER_KEYS = {"attention_dropout", "hidden_dropout", "classifier_dropout",
@@ -58,8 +64,11 @@ def _get(tree: dict, dotted: str, default: Any = None) -> Any:
     return node
 
 
-def config_from_yaml(original: dict) -> BlockTransformerConfig:
-    """Build the config from a parsed original yaml; refuse unsupported options."""
+def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTransformerConfig:
+    """Build the config from a parsed original yaml; refuse unsupported options.
+
+    `alignment` ("pad" / "nopad") overrides the one read off the yaml
+    (`trained_alignment`)."""
     if not isinstance(original, dict):
         raise ConversionError("config.yaml must hold a mapping at top level")
     for option, supported in SUPPORTED_OPTIONS.items():
@@ -84,12 +93,29 @@ def config_from_yaml(original: dict) -> BlockTransformerConfig:
             f"block_split.distribution_kwargs.length ({split_len!r}) differs from "
             f"block_length ({L!r})")
     vocab = _get(original, "embedder.config.vocab_size")
+    strategy = _get(original, "token_decoder.decoding_strategy") or "prefix"
+    ratio = _get(original, "token_decoder.expansion_ratio")
+    if strategy == "summation":
+        # the original asserts expansion_ratio == block_length (its default)
+        if ratio is not None and ratio != L:
+            raise ConversionError(
+                f"token_decoder.expansion_ratio ({ratio!r}) must equal block_length "
+                f"({L!r}) for token_decoder.decoding_strategy summation")
+        ratio = L
     kwargs: dict[str, Any] = {
         "block_length": L,
-        "prefix_length": _get(original, "token_decoder.expansion_ratio"),
+        "prefix_length": ratio,
         "embedder_hidden_size": _get(original, "embedder.config.hidden_size"),
         "max_position_embeddings": original.get("max_length", 2048),
+        "embedder_projection": _get(original, "embedder.projection_method") or "concat",
+        "decoding_strategy": strategy,
     }
+    if strategy == "summation":  # its start token: the token decoder's bos (else eos)
+        for key in ("bos_token_id", "eos_token_id"):
+            start = _get(original, f"token_decoder.config.{key}")
+            if start is not None:
+                kwargs["bos_token_id"] = start
+                break
     for dec, short in (("block_decoder", "block"), ("token_decoder", "token")):
         overrides = _get(original, f"{dec}.config") or {}
         if not isinstance(overrides, dict):
@@ -109,15 +135,59 @@ def config_from_yaml(original: dict) -> BlockTransformerConfig:
     for key in ("block_length", "prefix_length", "vocab_size"):
         if kwargs[key] is None:
             raise ConversionError(f"config.yaml does not give {key}")
+    _fit_block_positions(kwargs)
+    padded = original.get("random_pad_first_block")
+    if padded is not None and not isinstance(padded, bool):
+        raise ConversionError(
+            f"random_pad_first_block must be true or false, got {padded!r}")
+    if alignment is not None and alignment not in ALIGNMENTS:
+        raise ConversionError(
+            f"unsupported alignment {alignment!r} (supported: {', '.join(ALIGNMENTS)})")
     try:
-        return BlockTransformerConfig(architectures=[ARCHITECTURE], **kwargs)
+        cfg = BlockTransformerConfig(architectures=[ARCHITECTURE], **kwargs)
     except (TypeError, ValueError) as e:
         raise ConversionError(f"invalid config: {e}") from e
+    cfg.alignment = alignment or trained_alignment(padded, cfg)
+    return cfg
+
+
+def _fit_block_positions(kwargs: dict[str, Any]) -> None:
+    """Serve at most as many tokens as the block decoder has positions for,
+    counting the open block: with block_length 1 that is max_length - 1."""
+    L, limit = kwargs["block_length"], kwargs["max_position_embeddings"]
+    blocks = kwargs.get("block_max_position_embeddings",
+                        DECODER_DEFAULTS["max_position_embeddings"])
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 2
+           for v in (limit, blocks)) and isinstance(L, int) and L >= 1:
+        kwargs["max_position_embeddings"] = min(limit, (blocks - 2) * L + 1)
+
+
+def decoder_parameters(config: BlockTransformerConfig) -> int:
+    """Non-embedding parameters of the two decoders (the paper's model size)."""
+    from .reference import checkpoint_shapes
+
+    return sum(shape.numel() for key, shape in checkpoint_shapes(config).items()
+               if key.startswith(("block_decoder.", "token_decoder.")))
+
+
+def trained_alignment(random_pad_first_block: bool | None,
+                      config: BlockTransformerConfig) -> str:
+    """The layout the original checkpoint was trained with.
+
+    An explicit `random_pad_first_block` decides. Absent, the original code
+    (util/config.py at 17842dd) defaults it to true, except that the released
+    checkpoints with >= 300M parameters were trained before that default
+    existed, without padding (conf/eval/eval_multiple_ckpt.yaml).
+    """
+    if random_pad_first_block is not None:
+        return "pad" if random_pad_first_block else "nopad"
+    return "nopad" if decoder_parameters(config) >= NOPAD_MIN_PARAMETERS else "pad"
 
 
 # original key prefix -> our key prefix (first match wins, in both directions)
 RENAMES = [
     ("embedder.embeddings.", "embedder."),
+    ("embedder.projection_layer.", "embed_projection."),
     ("block_decoder.gpt_neox.", "block_decoder."),
     ("token_decoder.gpt_neox.embed_in.", "token_embed."),
     ("token_decoder.gpt_neox.", "token_decoder."),
@@ -161,6 +231,14 @@ def convert_state_dict(original: dict[str, torch.Tensor],
                     f"{key}: expansion_layer must be a kernel-1 Conv1d, got shape "
                     f"{tuple(tensor.shape)}")
             tensor = tensor[..., 0]  # Conv1d(kernel 1) == Linear
+        if new == "embed_projection.weight" and tensor.dim() == 3:
+            if tensor.shape[-1] != config.block_length:
+                raise ConversionError(
+                    f"{key}: projection_layer must be a Conv1d with kernel block_length "
+                    f"({config.block_length}), got shape {tuple(tensor.shape)}")
+            # Conv1d(E, D, kernel = stride = L) over [E, L] == Linear over the
+            # block's embeddings joined token by token: [D, E, L] -> [D, L*E]
+            tensor = tensor.permute(0, 2, 1).reshape(tensor.shape[0], -1)
         if tensor.shape != expected[new]:
             raise ConversionError(
                 f"shape mismatch for {key}: checkpoint has {tuple(tensor.shape)}, "
@@ -220,8 +298,11 @@ def load_original_weights(src: Path) -> dict[str, torch.Tensor]:
 def convert(src: str | os.PathLike, out: str | os.PathLike, *,
             config: str | os.PathLike | None = None,
             tokenizer: str | os.PathLike | None = None,
-            dtype: str = "float32") -> Path:
+            dtype: str = "float32", alignment: str | None = None) -> Path:
     """Convert an original checkpoint at `src` into a HF directory `out`.
+
+    `alignment` ("pad" / "nopad") overrides the layout read off the config
+    (`trained_alignment`); it is written to config.json.
 
     Writes into a temporary directory beside `out` and renames it at the
     end, so a failed conversion leaves nothing behind.
@@ -239,7 +320,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *,
         original_cfg = yaml.safe_load(cfg_path.read_text())
     except yaml.YAMLError as e:
         raise ConversionError(f"cannot parse {cfg_path}: {_summary(e)}") from e
-    cfg = config_from_yaml(original_cfg)
+    cfg = config_from_yaml(original_cfg, alignment)
     cfg.dtype = dtype
     weights = convert_state_dict(load_original_weights(src), cfg, DTYPES[dtype])
 

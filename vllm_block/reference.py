@@ -3,11 +3,14 @@
 Kept simple and exact on purpose: the vLLM model is tested against it, and
 it is the "Hugging Face transformers" column of the benchmarks.
 
-Layout of a block (serving alignment, see `config.py`): L-1 virtual pad
-tokens precede the input, so the sequence is cut into blocks of L tokens
-and token 0 closes block 0. The block decoder turns each block into one
-context vector; the token decoder predicts the tokens of block b from R
-prefix vectors made of block b-1's context, followed by block b's tokens.
+Layout of a block (serving alignment, see `config.py`): `num_pad` virtual
+pad tokens precede the input (L-1 for "pad" models, so token 0 closes block
+0; 0 for "nopad" models, or enough to complete one block for a prompt
+shorter than L), and the sequence is cut into blocks of L tokens. The block
+decoder turns each block into one context vector; the token decoder predicts
+the tokens of block b from block b-1's context expanded into R vectors:
+as R prefix positions before block b's tokens ("prefix"), or added to the
+token inputs [start, x_0 .. x_{L-2}] one per position ("summation").
 """
 from __future__ import annotations
 
@@ -124,10 +127,11 @@ class GenerationState:
     """Caches of an incremental generation (all rows share one phase)."""
     block_cache: KVCache  # one entry per complete block
     context: torch.Tensor  # [B, Db] block decoder output of the last block
-    token_cache: KVCache  # prefix + tokens of the current block: <= R+L-1
+    token_cache: KVCache  # lead + tokens of the current block: <= lead+L-1
     block_tokens: torch.Tensor  # [B, n] tokens of the current (open) block
     num_blocks: int
     logits: torch.Tensor  # [B, V] distribution of the next token
+    expanded: torch.Tensor | None = None  # [B, R, Ht] expansion of `context`
     token_cache_lengths: list[int] = field(default_factory=list)  # for tests
 
 
@@ -140,8 +144,12 @@ class BlockTransformerForCausalLM(PreTrainedModel):
     def __init__(self, config: BlockTransformerConfig):
         super().__init__(config)
         L, R = config.block_length, config.prefix_length
-        self.L, self.R = L, R
+        self.L, self.R, self.lead = L, R, config.token_lead_length
+        self.summation = config.decoding_strategy == "summation"
         self.embedder = nn.Embedding(config.vocab_size, config.embedder_hidden_size)
+        if config.embedder_projection == "projection_layer":
+            self.embed_projection = nn.Linear(L * config.embedder_hidden_size,
+                                              config.block_hidden_size)
         self.block_decoder = NeoXDecoder(config, "block")
         self.expansion = nn.Linear(config.block_hidden_size, R * config.token_hidden_size)
         self.token_embed = nn.Embedding(config.vocab_size, config.token_hidden_size)
@@ -172,13 +180,33 @@ class BlockTransformerForCausalLM(PreTrainedModel):
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {V})")
 
     def block_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, n*L] token ids -> [B, n, Db]: each block's pieces, concatenated."""
-        B = ids.shape[0]
-        return self.embedder(ids).reshape(B, -1, self.config.block_hidden_size)
+        """[B, n*L] token ids -> [B, n, Db]: each block's pieces, concatenated
+        (then linearly projected, for the "projection_layer" embedder)."""
+        pieces = self.embedder(ids).reshape(ids.shape[0], -1, self.L * self.embedder.embedding_dim)
+        if self.config.embedder_projection == "projection_layer":
+            return self.embed_projection(pieces)
+        return pieces
 
-    def prefix(self, context: torch.Tensor) -> torch.Tensor:
-        """[..., Db] block context -> [..., R, Ht] token-decoder prefix."""
+    def expand(self, context: torch.Tensor) -> torch.Tensor:
+        """[..., Db] block context -> [..., R, Ht]: the prefix vectors
+        ("prefix") or the per-position addends ("summation")."""
         return self.expansion(context).unflatten(-1, (self.R, -1))
+
+    def lead_inputs(self, expanded: torch.Tensor) -> torch.Tensor:
+        """[B, R, Ht] -> [B, lead, Ht]: the token-decoder inputs before the
+        block's first token (the prefix, or start token + vector 0)."""
+        if self.summation:
+            start = self.token_embed.weight[self.config.bos_token_id]
+            return expanded[:, :1] + start
+        return expanded
+
+    def token_inputs(self, expanded: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Inputs for tokens `ids` [B, n] at in-block indices start..start+n-1
+        (token i feeds local position lead + i)."""
+        x = self.token_embed(ids)
+        if self.summation:
+            x = x + expanded[:, start + 1:start + 1 + ids.shape[1]]
+        return x
 
     def _positions(self, start: int, length: int, batch: int) -> torch.Tensor:
         return torch.arange(start, start + length, device=self.device).expand(batch, -1)
@@ -188,7 +216,7 @@ class BlockTransformerForCausalLM(PreTrainedModel):
         """The original `forward()`: [B, n*L] ids (blocks start at 0, no padding)
         -> logits [B, n-1, L, V] for every token of blocks 1..n-1."""
         B, T = input_ids.shape
-        L, R = self.L, self.R
+        L = self.L
         if T % L:
             raise ValueError(f"raw_forward needs whole blocks: length {T} is not a "
                              f"multiple of block_length {L}")
@@ -196,48 +224,61 @@ class BlockTransformerForCausalLM(PreTrainedModel):
         n = T // L
         ctx, _ = self.block_decoder(self.block_embeddings(input_ids),
                                     self._positions(0, n, B))
-        # token decoder of block b in 1..n-1: [prefix(ctx_{b-1}), x_0 .. x_{L-2}]
-        prefix = self.prefix(ctx[:, :-1])  # [B, n-1, R, Ht]
-        tokens = self.token_embed(input_ids.view(B, n, L)[:, 1:, :-1])  # [B, n-1, L-1, Ht]
-        x = torch.cat([prefix, tokens], dim=2).flatten(0, 1)  # [B*(n-1), R+L-1, Ht]
-        h, _ = self.token_decoder(x, self._positions(0, R + L - 1, x.shape[0]))
-        return self.lm_head(h[:, R - 1:]).view(B, n - 1, L, -1)
+        # token decoder of block b in 1..n-1: [lead(ctx_{b-1}), x_0 .. x_{L-2}]
+        expanded = self.expand(ctx[:, :-1]).flatten(0, 1)  # [B*(n-1), R, Ht]
+        tokens = input_ids.view(B, n, L)[:, 1:, :-1].flatten(0, 1)  # [B*(n-1), L-1]
+        x = torch.cat([self.lead_inputs(expanded), self.token_inputs(expanded, tokens, 0)], 1)
+        h, _ = self.token_decoder(x, self._positions(0, self.lead + L - 1, x.shape[0]))
+        return self.lm_head(h[:, self.lead - 1:]).view(B, n - 1, L, -1)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                **kwargs) -> CausalLMOutput:
+                num_virtual_pad: int | None = None, **kwargs) -> CausalLMOutput:
         """logits[:, t] is the distribution of token t+1 given tokens 0..t,
-        under the serving alignment (L-1 virtual pad tokens first)."""
+        under the serving alignment: `num_virtual_pad` pad tokens first (by
+        default the model's rule for a prompt of T tokens). A token in the
+        first block (padded index < L) has no context to be predicted from:
+        its logits are 0 (uniform) and it is left out of the loss."""
         B, T = input_ids.shape
         L = self.L
         if T == 0:
             raise ValueError("input_ids is empty: at least one token is needed")
         self.check_token_ids(input_ids)
+        p = self.config.virtual_pad(T) if num_virtual_pad is None else num_virtual_pad
         # padded sequence, extended with pad so the block of token T (the next
         # one) is whole; predictions only look left, so the filler is unseen.
-        n = num_complete_blocks(T, L) + 1
+        n = num_complete_blocks(T, L, p) + 1
         pad = self.config.pad_token_id
         padded = torch.full((B, n * L), pad, dtype=input_ids.dtype, device=input_ids.device)
-        padded[:, L - 1:L - 1 + T] = input_ids
-        # raw_forward predicts padded indices L..nL-1; token t+1 is index t+L.
-        logits = self.raw_forward(padded).flatten(1, 2)[:, :T]
+        padded[:, p:p + T] = input_ids
+        # raw_forward predicts padded indices L..nL-1; token t+1 is index p+t+1.
+        raw = self.raw_forward(padded).flatten(1, 2)
+        logits = torch.cat([raw.new_zeros(B, L, raw.shape[-1]), raw], 1)[:, p + 1:p + 1 + T]
         loss = None
         if labels is not None:
+            targets = labels[:, 1:].clone()
+            targets[:, :max(0, L - 1 - p)] = -100  # no context: nothing to learn
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                   labels[:, 1:].flatten(), ignore_index=-100)
+                                   targets.flatten(), ignore_index=-100)
         return CausalLMOutput(loss=loss, logits=logits)
 
     # -- incremental decoding ----------------------------------------------
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor) -> GenerationState:
-        """Build both caches for prompts [B, T] of equal length in one pass each."""
+    def prefill(self, input_ids: torch.Tensor,
+                num_virtual_pad: int | None = None) -> GenerationState:
+        """Build both caches for prompts [B, T] of equal length in one pass each
+        (`num_virtual_pad`: as in `forward`, fixed for the whole request)."""
         B, T = input_ids.shape
         L = self.L
         if T == 0:
             raise ValueError("input_ids is empty: at least one token is needed")
         self.check_token_ids(input_ids)
-        nb = num_complete_blocks(T, L)
+        p = self.config.virtual_pad(T) if num_virtual_pad is None else num_virtual_pad
+        nb = num_complete_blocks(T, L, p)
+        if nb == 0:
+            raise ValueError(f"{p} virtual pad tokens and {T} tokens leave no complete "
+                             f"block to condition on (block_length {L})")
         pad = self.config.pad_token_id
-        padded = torch.cat([input_ids.new_full((B, L - 1), pad), input_ids], dim=1)
+        padded = torch.cat([input_ids.new_full((B, p), pad), input_ids], dim=1)
         ctx, block_cache = self.block_decoder(self.block_embeddings(padded[:, :nb * L]),
                                               self._positions(0, nb, B))
         state = GenerationState(block_cache, ctx[:, -1], [], padded[:, nb * L:], nb,
@@ -249,7 +290,9 @@ class BlockTransformerForCausalLM(PreTrainedModel):
         """Restart the token cache from the last context, then feed the open
         block's tokens; its last output predicts the next token."""
         B = state.context.shape[0]
-        x = torch.cat([self.prefix(state.context), self.token_embed(state.block_tokens)], 1)
+        state.expanded = self.expand(state.context)
+        x = torch.cat([self.lead_inputs(state.expanded),
+                       self.token_inputs(state.expanded, state.block_tokens, 0)], 1)
         h, state.token_cache = self.token_decoder(x, self._positions(0, x.shape[1], B))
         state.logits = self.lm_head(h[:, -1])
         state.token_cache_lengths.append(state.token_cache[0][0].shape[2])
@@ -269,9 +312,9 @@ class BlockTransformerForCausalLM(PreTrainedModel):
             state.block_tokens = state.block_tokens[:, :0]
             self._start_block(state)
             return state
-        x = self.token_embed(next_ids)[:, None]
+        x = self.token_inputs(state.expanded, next_ids[:, None], j)
         h, state.token_cache = self.token_decoder(
-            x, self._positions(self.R + j, 1, len(next_ids)), state.token_cache)
+            x, self._positions(self.lead + j, 1, len(next_ids)), state.token_cache)
         state.logits = self.lm_head(h[:, -1])
         state.token_cache_lengths.append(state.token_cache[0][0].shape[2])
         return state
@@ -281,14 +324,14 @@ class BlockTransformerForCausalLM(PreTrainedModel):
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, eos_token_id: int | None = None,
                  generator: torch.Generator | None = None,
-                 output_logits: bool = False):
+                 output_logits: bool = False, num_virtual_pad: int | None = None):
         """Cached generation for prompts of equal length [B, T].
 
         Returns the [B, T + new] ids, and with `output_logits` also the
         [B, new, V] logits each new token was drawn from. Rows that produced
         `eos_token_id` keep producing it (no ragged outputs).
         """
-        state = self.prefill(input_ids)
+        state = self.prefill(input_ids, num_virtual_pad)
         out, all_logits = [input_ids], []
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
