@@ -69,6 +69,16 @@ def metric(llm, name: str) -> float:
                and isinstance(getattr(m, "value", None), (int, float)))
 
 
+def generated_logprobs(out) -> list[dict]:
+    """The logprobs of every generated token: the checks compare them, so a
+    request without them (or with fewer) fails instead of passing unchecked."""
+    logprobs = out.outputs[0].logprobs
+    assert logprobs is not None, "no logprobs: request them (greedy_params(logprobs=...))"
+    assert len(logprobs) == len(out.outputs[0].token_ids), \
+        f"{len(logprobs)} logprobs for {len(out.outputs[0].token_ids)} tokens"
+    return logprobs
+
+
 def check_against_cases(outputs, cases: list[dict], tol: float = LOGPROB_TOL) -> float:
     """Assert greedy.json cases: tokens exact, top-5 and prompt logprobs within
     `tol`. Returns the largest logprob error seen."""
@@ -76,7 +86,8 @@ def check_against_cases(outputs, cases: list[dict], tol: float = LOGPROB_TOL) ->
     for case, out in zip(cases, outputs, strict=True):
         got = list(out.outputs[0].token_ids)
         assert got == case["greedy"], f"prompt {case['prompt']}: {got} != {case['greedy']}"
-        for i, (step, lps) in enumerate(zip(case["steps"], out.outputs[0].logprobs)):
+        logprobs = generated_logprobs(out)
+        for i, (step, lps) in enumerate(zip(case["steps"], logprobs, strict=True)):
             for tok, expected in step["top5"]:
                 assert tok in lps, f"step {i}: token {tok} missing from top-5 {list(lps)}"
                 worst = max(worst, abs(lps[tok].logprob - expected))
@@ -105,10 +116,12 @@ def check_against_reference(model, prompts: list[list[int]], outputs,
         ids = model.generate(torch.tensor([prompt]), max_new_tokens=len(got))[0].tolist()
         assert got == ids[len(prompt):], f"prompt of {len(prompt)}: {got} != {ids[len(prompt):]}"
         lp = reference_logprobs(model, prompt + got)
-        for i, (tok, lps) in enumerate(zip(got, out.outputs[0].logprobs or [])):
+        for i, (tok, lps) in enumerate(zip(got, generated_logprobs(out), strict=True)):
             worst = max(worst, abs(lps[tok].logprob - lp[len(prompt) - 1 + i, tok].item()))
-        for i, lps in enumerate(out.prompt_logprobs or []):
-            if i:
+        if out.prompt_logprobs is not None:  # requested: one per prompt token, none for the first
+            assert len(out.prompt_logprobs) == len(prompt) and out.prompt_logprobs[0] is None
+            for i in range(1, len(prompt)):
+                lps = out.prompt_logprobs[i]
                 worst = max(worst, abs(lps[prompt[i]].logprob - lp[i - 1, prompt[i]].item()))
     assert worst <= tol, f"max logprob error {worst:.2e} > {tol}"
     return worst
