@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -ra --durations=5
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-fast clean
 
 venv: $(VENV)/.stamp
 
@@ -27,6 +27,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+# every test that starts no vLLM engine (no LLM(), no `vllm serve`): minutes
+test-fast: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not engine" tests
 
 clean:
 	rm -rf out

@@ -240,7 +240,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "load_test.json"))
     args = ap.parse_args()
 
-    from vllm_block.serving import vllm_serve
+    from vllm_block.tools.serving import vllm_serve
 
     decode, vocab = tokenizer_decoder(args.model)
     requests = make_requests(args.requests, vocab, args.max_model_len, decode)

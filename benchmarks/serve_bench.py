@@ -105,7 +105,7 @@ KEEP = ["completed", "duration", "request_throughput", "output_throughput",
 
 
 def run_model(name: str, column: str, cfg: dict, args, log) -> dict:
-    from vllm_block.serving import vllm_serve
+    from vllm_block.tools.serving import vllm_serve
 
     path = make_checkpoint(name, IMPL[column], cfg["dtype"], args.cache)
     add_tokenizer(path, MODELS[name].vocab)

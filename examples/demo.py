@@ -27,7 +27,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from openai_client import run
 
-    from vllm_block.serving import vllm_serve
+    from vllm_block.tools.serving import vllm_serve
 
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     print(f"starting vllm serve {args.model} (log: {args.log}) ...", flush=True)

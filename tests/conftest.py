@@ -13,6 +13,26 @@ from helpers import FIXTURES, fixture_dir  # noqa: F401  (re-exported for tests)
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "engine: starts a vLLM engine (LLM() or a `vllm serve` process); "
+                   "`make test-fast` runs every test without it")
+    config.addinivalue_line(
+        "markers", "pins_vllm(version, issue, behaviour): asserts a fault of that vLLM "
+                   "version (upstream issue named), not this package's behaviour")
+
+
+@pytest.fixture(autouse=True)
+def no_engine_unless_marked(request, monkeypatch):
+    """A test not marked `engine` cannot start a vLLM engine on a Block
+    Transformer: `engine()` refuses, and vLLM processes it starts (LLM() in a
+    script, `vllm serve`) load no plugin, so the model is unknown to them.
+    This keeps `make test-fast` (-m "not engine") free of engines."""
+    if request.node.get_closest_marker("engine") is None:
+        monkeypatch.setenv("VLLM_BLOCK_TESTS_NO_ENGINE", "1")
+        monkeypatch.setenv("VLLM_PLUGINS", "none-outside-engine-tests")
+
+
 @pytest.fixture(scope="session")
 def tiny_b4_original() -> Path:
     """The original-format checkpoint dir of the tiny fixture (read-only)."""

@@ -24,8 +24,13 @@ ENGINE_DEFAULTS = dict(
 
 @contextlib.contextmanager
 def engine(model: str | Path, **kwargs) -> Iterator["vllm.LLM"]:  # noqa: F821
-    """A real vLLM engine on `model`, shut down on exit."""
+    """A real vLLM engine on `model`, shut down on exit (tests marked `engine` only)."""
+    import os
+
     from vllm import LLM
+
+    if os.environ.get("VLLM_BLOCK_TESTS_NO_ENGINE"):
+        raise RuntimeError("this test starts a vLLM engine: mark it @pytest.mark.engine")
     from vllm.distributed import cleanup_dist_env_and_memory
 
     llm = LLM(model=str(model), **{**ENGINE_DEFAULTS, **kwargs})

@@ -5,7 +5,9 @@ block model's reference) and `benchmarks/gpu_reference.py --scale tiny` on CPU."
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -37,17 +39,67 @@ def test_parameter_counts_match_real_modules(name):
     assert sum(p.numel() for p in model.parameters()) == spec.params()
 
 
+def check_summary(result: dict) -> None:
+    """What every benchmark JSON states follows from its own runs and the cost
+    model: each run's rate is its tokens over its time, each median the median
+    of its runs, each ratio the quotient of two medians, each roofline fraction
+    measured / limit below 1, and the bound the side of the machine's balance
+    point (peak FLOP/s / bandwidth) the arithmetic intensity falls on."""
+    runs, peaks = result["runs"], result["peaks"]
+    for r in runs:
+        assert r["generated"] == r["requests"] * r["new"], r
+        assert r["tokens_per_s"] == pytest.approx(r["generated"] / r["seconds"]), r
+    median = {}
+    for m in result["medians"]:
+        key = (m["table"], m["dtype"], m["workload"], m["model"], m["column"])
+        rates = [r["tokens_per_s"] for r in runs if (r.get("table", m["table"]), r["dtype"],
+                 r["workload"], r["model"], r["column"]) == key]
+        assert m["median_tokens_per_s"] == pytest.approx(statistics.median(rates)), key
+        assert m["params"] == MODELS[m["model"]].params()
+        assert 0 < m["max_running"] <= m["requests"]
+        median[key] = m["median_tokens_per_s"]
+        if "kv_capacity_tokens" in m:
+            pages = m["kv_capacity_tokens"] // m["block_size"]
+            per_request = math.ceil((m["prompt"] + m["new"]) / m["block_size"])
+            assert (m["kv_pages"], m["fits_requests"]) == (pages, pages // per_request)
+        roof = m["roofline"]
+        assert m["fraction_of_limit"] == pytest.approx(m["median_tokens_per_s"]
+                                                       / roof["limit_tokens_per_s"])
+        assert 0 < m["fraction_of_limit"] < 1, (key, m["fraction_of_limit"])
+        balance = peaks[f"matmul_flops_{m['dtype']}"] / peaks["copy_bandwidth_bytes_per_s"]
+        intensity = roof["arithmetic_intensity_flop_per_byte"]
+        assert roof["decode_bound"] == ("compute" if intensity >= balance else "memory")
+    assert len(result["roofline"]) == len(result["medians"])
+    for r in result["ratios"]:
+        block = median[(r["table"], r["dtype"], r["workload"], r["block"],
+                        r["block_column"])]
+        vanilla = median[(r["table"], r["dtype"], r["workload"],
+                          r["vanilla"], r["vanilla_column"])]
+        assert (r["block_tokens_per_s"], r["vanilla_tokens_per_s"]) == (
+            round(block, 2), round(vanilla, 2))
+        assert r["ratio"] == pytest.approx(block / vanilla, abs=1e-3)
+    for r in result["plugin_vs_reference"]:
+        assert r["ratio"] == pytest.approx(r["plugin_tokens_per_s"] / r["reference_tokens_per_s"],
+                                           rel=1e-2)
+
+
 def test_gpu_reference_script_on_cpu(tmp_path):
     import gpu_reference
 
     torch.set_num_threads(1)
     result = gpu_reference.main(["--scale", "tiny", "--device", "cpu", "--out", str(tmp_path)])
     assert {r["workload"] for r in result["ratios"]} == {"prefill-heavy", "decode-heavy"}
-    assert all(r["ratio"] > 0 for r in result["ratios"])
-    assert (tmp_path / "reference_tiny.json").exists()
+    assert all((r["block"], r["vanilla"]) == ("tiny_block", "tiny_vanilla")
+               for r in result["ratios"])
+    # the reference has no engine: every request runs at once
+    assert all(r["max_running"] == r["requests"] for r in result["runs"])
+    check_summary(result)
+    assert json.loads((tmp_path / "reference_tiny.json").read_text())["ratios"] \
+        == result["ratios"]
     assert all((tmp_path / p).exists() for p in result["plots"])
 
 
+@pytest.mark.engine
 def test_throughput_script_tiny(tmp_path):
     """Both tables, four engines, every column but NeoX: the paper regime (GPT-J
     at vLLM's defaults, the block model with fast prefill, its reference at the
@@ -65,7 +117,7 @@ def test_throughput_script_tiny(tmp_path):
     assert cols == {(paper, "tiny_block", "block-fast"), (paper, "tiny_block", "hf"),
                     (paper, "tiny_vanilla", "vanilla-gptj"),
                     (short, "tiny_block", "block"), (short, "tiny_vanilla", "vanilla-gptj-eager")}
-    assert all(m["median_tokens_per_s"] > 0 for m in result["medians"])
+    check_summary(result)
     assert {(r["table"], r["workload"]) for r in result["ratios"]} == {
         (t, w) for t in (paper, short) for w in ("prefill-heavy", "decode-heavy")}
     engines = {(e["table"], e["column"]): e for e in result["memory"]["tiny_block"]["vllm"]
@@ -75,13 +127,26 @@ def test_throughput_script_tiny(tmp_path):
     assert engines[(paper, "vanilla-gptj")]["setting"] != "eager"
     assert engines[(short, "vanilla-gptj-eager")]["setting"] == "eager"
     assert engines[(paper, "block-fast")]["setting"]
-    # same KV budget: the block model holds more tokens (one entry per block) ...
+    # vanilla's KV capacity is the budget over its K/V bytes per token, in whole
+    # pages; the block model stores one entry per block of L tokens, so the
+    # same budget holds at most L tokens per entry's bytes (its token-decoder
+    # states take their share) and more tokens than vanilla's
+    block_spec, vanilla_spec = MODELS["tiny_block"], MODELS["tiny_vanilla"]
+    for (table, column), e in engines.items():
+        if e["model"] == "tiny_vanilla":
+            page_bytes = vanilla_spec.kv_bytes_per_token(4) * e["block_size"]
+            assert e["kv_capacity_tokens"] == e["kv_budget_bytes"] // page_bytes \
+                * e["block_size"], e
+        else:
+            entries = e["kv_budget_bytes"] // block_spec.block_kv_bytes_per_entry(4)
+            assert 0 < e["kv_capacity_tokens"] <= entries * block_spec.block_length, e
     assert engines[(paper, "block-fast")]["kv_capacity_tokens"] \
         > engines[(paper, "vanilla-gptj")]["kv_capacity_tokens"] > 0
     # ... and in the paper regime runs more requests at once than vanilla can
     decode = {m["column"]: m for m in result["medians"]
               if (m["table"], m["workload"]) == (paper, "decode-heavy")}
-    assert decode["vanilla-gptj"]["max_running"] < decode["vanilla-gptj"]["requests"]
+    assert decode["vanilla-gptj"]["max_running"] <= decode["vanilla-gptj"]["fits_requests"] \
+        < decode["vanilla-gptj"]["requests"]
     assert decode["block-fast"]["max_running"] == decode["block-fast"]["requests"]
     # the reference at the same batch as the plugin (decode: its first 16 of 32
     # tokens, the time cap), reported as plugin / reference
@@ -89,5 +154,4 @@ def test_throughput_script_tiny(tmp_path):
     assert all(r["reference_batch"] == r["plugin_max_running"] and r["ratio"] > 0
                for r in ref.values()) and len(ref) == 2
     assert (ref["decode-heavy"]["reference_new"], ref["decode-heavy"]["plugin_new"]) == (16, 32)
-    assert all(0 < r["fraction_of_limit"] for r in result["roofline"])
     assert all((tmp_path / p).exists() for p in result["plots"])

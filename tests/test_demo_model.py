@@ -13,6 +13,8 @@ import torch
 from engine import engine
 from helpers import REPO_ROOT
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 MODEL_DIR = REPO_ROOT / "models" / "kjv-block-tiny"
 PROMPTS = ["In the beginning God created", "And the LORD spake unto Moses, saying",
            "Blessed are the", "I"]
@@ -65,7 +67,7 @@ def test_llm_greedy_equals_reference(tokenizer, reference_greedy):
 def test_http_greedy_equals_reference(reference_greedy, tmp_path):
     from openai import OpenAI
 
-    from vllm_block.serving import vllm_serve
+    from vllm_block.tools.serving import vllm_serve
 
     with vllm_serve(MODEL_DIR, "--dtype", "float32", "--max-model-len", "512",
                     log=tmp_path / "server.log") as server:

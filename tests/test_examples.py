@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO_ROOT, fixture_dir
-from vllm_block.serving import Server, free_port, wait_healthy
+from vllm_block.tools.serving import Server, free_port, wait_healthy
 
 EXAMPLES = REPO_ROOT / "examples"
 # the venv's `vllm` and `vllm-block` commands, whatever PATH the test runner has
@@ -29,12 +31,14 @@ def test_convert_original_example(tmp_path):
     assert "ids:" in out
 
 
+@pytest.mark.engine
 def test_offline_inference_example(tiny_b4_tok_dir):
     out = run(sys.executable, str(EXAMPLES / "offline_inference.py"), str(tiny_b4_tok_dir),
               "--num-prompts", "16", "--max-tokens", "8")
     assert "generated 128 tokens for 16 prompts" in out
 
 
+@pytest.mark.engine
 def test_serve_script_and_openai_client_example(tiny_b4_tok_dir, tmp_path):
     port = free_port()
     log_path = tmp_path / "serve.log"

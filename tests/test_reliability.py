@@ -17,10 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import REPO_ROOT, greedy_cases, http_post as post
-from vllm_block.serving import vllm_serve
+from vllm_block.tools.serving import vllm_serve
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from load_test import make_requests, metric, run_load  # noqa: E402
+
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 
 MODEL = "tiny"
 MAX_LEN = 512  # of the load-test requests

@@ -10,6 +10,8 @@ import pytest
 from engine import engine, metric, token_prompts
 from test_vllm_scheduling import random_prompts
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 # the default engine prefills in chunks of one 128-token page (align mode)
 LONG = random_prompts(11, [129, 300, 497, 1, 5, 200])
 

@@ -8,7 +8,9 @@ import json
 import pytest
 
 from helpers import greedy_cases, http_post
-from vllm_block.serving import vllm_serve
+from vllm_block.tools.serving import vllm_serve
+
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])

@@ -9,8 +9,8 @@ import torch
 
 from helpers import REPO_ROOT, run_cli
 import vllm_block  # noqa: F401  (registers the Auto classes)
-from vllm_block import data as D
-from vllm_block.train import (BASELINE_NAME, LOG_NAME, TrainConfig, build_model,
+from vllm_block.tools import data as D
+from vllm_block.tools.train import (BASELINE_NAME, LOG_NAME, TrainConfig, build_model,
                               evaluate, run_training, train)
 
 DEMO = REPO_ROOT / "models" / "kjv-block-tiny"

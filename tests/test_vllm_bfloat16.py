@@ -2,8 +2,12 @@
 the fp32 ground truth."""
 from __future__ import annotations
 
+import pytest
+
 from engine import engine, greedy_params, token_prompts
 from helpers import greedy_cases
+
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 
 CASES = greedy_cases()
 # bf16 keeps 8 bits of mantissa (measured: max error 1.2e-2 over all cases)

@@ -11,6 +11,7 @@ import pytest
 from engine import engine, engine_config
 
 
+@pytest.mark.engine
 def test_block_size_the_kernels_cannot_page_is_refused(tiny_b4_dir):
     # block_length 4: pages must hold a multiple of 16 block entries (64 tokens)
     with pytest.raises(Exception, match=r"block_size 96 .* multiple of 64"):
@@ -29,6 +30,7 @@ def test_speculative_decoding_is_refused(tiny_b4_dir):
             "method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3})
 
 
+@pytest.mark.engine
 def test_broken_config_is_refused_naming_the_field(tiny_b4_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_b4_dir, bad)
@@ -44,6 +46,7 @@ def test_broken_config_is_refused_naming_the_field(tiny_b4_dir, tmp_path):
 # vLLM reports a failed start as "Engine core initialization failed. See root
 # cause above."; the root cause is the worker's log line, read here from the
 # inherited stderr.
+@pytest.mark.engine
 def test_truncated_weights_are_refused_with_a_clear_error(tiny_b4_dir, tmp_path, capfd):
     bad = tmp_path / "truncated"
     shutil.copytree(tiny_b4_dir, bad)
@@ -55,6 +58,7 @@ def test_truncated_weights_are_refused_with_a_clear_error(tiny_b4_dir, tmp_path,
     assert "Error while deserializing header" in "".join(capfd.readouterr())
 
 
+@pytest.mark.engine
 def test_config_that_disagrees_with_the_weights_is_refused_naming_the_weight(
         tiny_b4_dir, tmp_path, capfd):
     bad = tmp_path / "mismatch"
@@ -75,10 +79,11 @@ def test_lora_is_refused_at_once_by_the_config_hook(tiny_b4_dir):
         engine_config(tiny_b4_dir, enable_lora=True)
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("flag", [("--enable-lora",), ("--quantization", "fp8")])
 def test_vllm_serve_refuses_an_unsupported_option_before_starting_an_engine(
         tiny_b4_tok_dir, tmp_path, flag):
-    from vllm_block.serving import vllm_serve
+    from vllm_block.tools.serving import vllm_serve
 
     what = "LoRA" if flag[0] == "--enable-lora" else "quantization method 'fp8'"
     log = tmp_path / "server.log"

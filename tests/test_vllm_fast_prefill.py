@@ -11,6 +11,8 @@ import pytest
 from engine import check_against_cases, engine, greedy_params, token_prompts
 from helpers import greedy_cases
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 CASES = [{**c, "prompt_logprobs": None} for c in greedy_cases()]  # not available here
 NEW = len(CASES[0]["greedy"])
 
@@ -30,7 +32,7 @@ def test_fast_prefill_refuses_prompt_logprobs_with_a_clear_error(tiny_b4_dir):
 def test_vllm_serve_with_fast_prefill_answers_and_refuses_echo_logprobs(tiny_b4_tok_dir, tmp_path):
     from openai import BadRequestError, OpenAI
 
-    from vllm_block.serving import vllm_serve
+    from vllm_block.tools.serving import vllm_serve
 
     with vllm_serve(tiny_b4_tok_dir, "--served-model-name", "tiny", "--dtype", "float32",
                     "--max-model-len", "512", "--kv-sharing-fast-prefill",

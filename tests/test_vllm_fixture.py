@@ -11,6 +11,8 @@ from vllm.exceptions import VLLMValidationError
 from engine import check_against_cases, engine, greedy_params, token_prompts
 from helpers import greedy_cases
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])
 

@@ -14,7 +14,9 @@ import torch
 from engine import check_against_reference, engine, greedy_params, token_prompts
 from helpers import REPO_ROOT
 from test_vllm_scheduling import random_prompts
-from vllm_block.serving import vllm_serve
+from vllm_block.tools.serving import vllm_serve
+
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 
 MODEL_DIR = REPO_ROOT / "models" / "kjv-block-tiny"
 MAX_LEN = 4096

@@ -7,6 +7,8 @@ import torch
 
 from engine import engine
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 BUDGET = 8 << 20  # the same KV-cache bytes for both models
 
 

@@ -10,7 +10,7 @@ from engine import check_against_cases, check_against_reference, engine, engine_
     greedy_params, save_model, token_prompts
 from helpers import greedy_cases, random_config, random_model
 from test_vllm_scheduling import random_prompts
-from vllm_block.serving import vllm_serve
+from vllm_block.tools.serving import vllm_serve
 
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])
@@ -22,6 +22,7 @@ def one_core_per_rank(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", BIND)
 
 
+@pytest.mark.engine
 def test_tensor_parallel_2_matches_ground_truth(tiny_b4_dir, one_core_per_rank):
     with engine(tiny_b4_dir, tensor_parallel_size=2, distributed_executor_backend="mp") as llm:
         outputs = llm.generate(token_prompts(c["prompt"] for c in CASES), greedy_params(NEW))
@@ -29,6 +30,7 @@ def test_tensor_parallel_2_matches_ground_truth(tiny_b4_dir, one_core_per_rank):
     print(f"TP=2 max logprob error vs ground truth: {worst:.2e}")
 
 
+@pytest.mark.engine
 def test_tensor_parallel_2_on_uneven_decoders_matches_reference(tmp_path, one_core_per_rank):
     # 2 block heads (one per rank), 4 token heads (two per rank), 3 vs 2 layers
     config = random_config(7, block_length=4, prefix_length=3, block_hidden_size=64,
@@ -55,6 +57,7 @@ def test_heads_that_tp_does_not_divide_are_refused_naming_the_decoder(tmp_path):
         engine_config(path, max_model_len=128, tensor_parallel_size=2)
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("flag", ["--tensor-parallel-size", "--data-parallel-size"])
 def test_vllm_serve_scaled_to_2_answers_with_ground_truth(tiny_b4_tok_dir, tmp_path, flag,
                                                           one_core_per_rank):

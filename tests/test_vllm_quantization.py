@@ -29,6 +29,7 @@ def prompt_logprobs(outputs) -> list[list[float]]:
              for d, t in zip(o.prompt_logprobs[1:], o.prompt_token_ids[1:])] for o in outputs]
 
 
+@pytest.mark.engine
 def test_fp8_per_channel_quantizes_every_linear_layer_close_to_bf16(tiny_b4_dir, monkeypatch):
     monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     prompts = token_prompts(c["prompt"] for c in CASES)
@@ -65,6 +66,7 @@ def test_method_that_cannot_apply_on_cpu_is_refused_naming_it(tiny_b4_dir, metho
         engine_config(tiny_b4_dir, dtype="bfloat16", quantization=method)
 
 
+@pytest.mark.engine
 def test_fp8_kv_cache_holds_4x_and_keeps_greedy_on_the_demo_model():
     from vllm import SamplingParams
 

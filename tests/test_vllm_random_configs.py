@@ -10,6 +10,8 @@ from engine import check_against_reference, engine, greedy_params, save_model, t
 from helpers import random_config, random_model
 from test_vllm_scheduling import random_prompts
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 # (block_length, prefix_length, block layers, token layers, block head dim)
 CONFIGS = [
     (1, 3, 2, 1, 32),

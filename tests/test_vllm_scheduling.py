@@ -13,6 +13,8 @@ from engine import (check_against_cases, check_against_reference, engine, greedy
                     metric, token_prompts)
 from helpers import greedy_cases
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])
 FAST_PREFILL = pytest.mark.parametrize("fast", [False, True], ids=["all-rows", "fast-prefill"])

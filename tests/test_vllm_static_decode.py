@@ -27,6 +27,8 @@ from test_vllm_scheduling import \
     test_prefix_caching_hits_and_keeps_outputs_exact as prefix_caching
 from test_vllm_sync_free import watch_forward, watch_report
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 # on CUDA (scripts/gpu_parity.sh) the static step runs as FULL_DECODE_ONLY CUDA
 # graphs; on CPU eagerly
 ON_CUDA = torch.cuda.is_available()

@@ -12,6 +12,8 @@ from engine import check_against_cases, engine, greedy_params, token_prompts
 from helpers import greedy_cases
 from test_vllm_scheduling import random_prompts
 
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])
 

@@ -1,17 +1,24 @@
 """vllm-block: serve Block Transformer language models with vLLM.
 
-Importing the package registers the Hugging Face Auto classes (cheap); the
-vLLM side is registered by the `vllm.general_plugins` entry point
-(`vllm_block.registration:register`) when vLLM starts.
+vLLM imports this package in every process it starts (its plugin entry point
+is `vllm_block.registration:register`), so importing it loads neither the
+reference model nor the tools: `import vllm_block` registers the Hugging Face
+Auto classes (`hf_auto.py`), and `BlockTransformerConfig` /
+`BlockTransformerForCausalLM` load on first use.
 """
-from transformers import AutoConfig, AutoModelForCausalLM
-
-from .config import ARCHITECTURE, MODEL_TYPE, BlockTransformerConfig
-from .reference import BlockTransformerForCausalLM
+from . import hf_auto
 
 __version__ = "0.1.0"
 __all__ = ["BlockTransformerConfig", "BlockTransformerForCausalLM", "__version__"]
 
-AutoConfig.register(MODEL_TYPE, BlockTransformerConfig, exist_ok=True)
-AutoModelForCausalLM.register(BlockTransformerConfig, BlockTransformerForCausalLM,
-                              exist_ok=True)
+hf_auto.register()
+
+
+def __getattr__(name: str):
+    if name == "BlockTransformerConfig":
+        from .config import BlockTransformerConfig
+        return BlockTransformerConfig
+    if name == "BlockTransformerForCausalLM":
+        from .reference import BlockTransformerForCausalLM
+        return BlockTransformerForCausalLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,7 +45,7 @@ def _reference_generate(args: argparse.Namespace) -> None:
     import torch
     from transformers.utils import logging
 
-    from . import BlockTransformerForCausalLM
+    from .reference import BlockTransformerForCausalLM
 
     logging.disable_progress_bar()
 
@@ -83,7 +83,7 @@ def _reference_generate(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import shlex
 
-    from .train import TrainConfig, TrainError, train
+    from .tools.train import TrainConfig, TrainError, train
 
     minutes = args.minutes if args.minutes is not None or args.steps else 20.0
     cfg = TrainConfig(arch=args.arch, steps=args.steps, minutes=minutes,
