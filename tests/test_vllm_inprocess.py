@@ -3,20 +3,20 @@ entry point (no manual register()), with vLLM's engine in-process
 (VLLM_ENABLE_V1_MULTIPROCESSING=0), in a fresh interpreter."""
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import greedy_cases
+
+pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 
 SCRIPT = """
 import json, sys
 from vllm import LLM, SamplingParams
-
-pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 
 if __name__ == "__main__":
     cases = json.loads(sys.argv[2])
