@@ -71,6 +71,11 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
     (`trained_alignment`)."""
     if not isinstance(original, dict):
         raise ConversionError("config.yaml must hold a mapping at top level")
+    if "block_length" not in original and "model" in original:
+        raise ConversionError(
+            f"config.yaml has no block_length: it is a vanilla (token-level) "
+            f"{original['model']!r} config, not a Block Transformer; vLLM serves "
+            f"those checkpoints with its own GPTNeoXForCausalLM")
     for option, supported in SUPPORTED_OPTIONS.items():
         value = _get(original, option)
         if value is not None and value not in supported:
