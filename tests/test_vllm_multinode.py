@@ -149,10 +149,9 @@ HEADLESS_OUTLIVES_HEAD = pins_vllm(
     "0.32", "vllm-project/vllm#32136",
     "a headless node does not exit when the head does; stop every node itself")
 DEAD_DP_ENGINE_STALLS = pins_vllm(
-    "0.32", "vllm-project/vllm#44428",
+    "0.32", "none for this case; related: vllm-project/vllm#44428 (DP+EP fault tolerance)",
     "requests on a dead data-parallel engine get neither tokens nor an error; "
-    "only a client timeout ends them (vLLM's fault tolerance covers external load "
-    "balancing only)")
+    "only a client timeout ends them")
 ENGINE_DEATH_EXITS_0 = pins_vllm(
     "0.32", "vllm-project/vllm#48966",
     "the API server exits with status 0 after its engine died; a supervisor's "
