@@ -118,7 +118,8 @@ embedder:
             + COMMON_TAIL)
 
 
-PREFIX_R2 = "  expansion_method: expansion_layer\n  expansion_ratio: 2\n  decoding_strategy: prefix\n"
+PREFIX_R2 = ("  expansion_method: expansion_layer\n  expansion_ratio: 2\n"
+             "  decoding_strategy: prefix\n")
 FIXTURES = {
     # family (1): a main model trained without first-block padding (block_main_b4_{300,800,1.2b})
     "nopad_b4": dict(

@@ -41,6 +41,9 @@ SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
 # with eval_no_pad. Counted as the two decoders' non-embedding parameters,
 # the paper's model sizes (block_main_b4_300: 302M, block_main_b4_85: 85M).
 NOPAD_MIN_PARAMETERS = 300_000_000
+# options the original code has no working default for (null there means no
+# expansion layer / an invalid strategy); the others default as it does
+REQUIRED_OPTIONS = ("token_decoder.expansion_method", "token_decoder.decoding_strategy")
 BASE_MODEL = "EleutherAI/pythia-410m-deduped"
 # decoder `config:` keys that only matter in training
 IGNORED_DECODER_KEYS = {"attention_dropout", "hidden_dropout", "classifier_dropout",
@@ -78,7 +81,7 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
             f"those checkpoints with its own GPTNeoXForCausalLM")
     for option, supported in SUPPORTED_OPTIONS.items():
         value = _get(original, option)
-        if value is not None and value not in supported:
+        if (value is not None or option in REQUIRED_OPTIONS) and value not in supported:
             raise ConversionError(
                 f"unsupported option {option}: {value!r} (supported: "
                 f"{', '.join(map(repr, supported))})")
@@ -98,7 +101,7 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
             f"block_split.distribution_kwargs.length ({split_len!r}) differs from "
             f"block_length ({L!r})")
     vocab = _get(original, "embedder.config.vocab_size")
-    strategy = _get(original, "token_decoder.decoding_strategy") or "prefix"
+    strategy = _get(original, "token_decoder.decoding_strategy")
     ratio = _get(original, "token_decoder.expansion_ratio")
     if strategy == "summation":
         # the original asserts expansion_ratio == block_length (its default)
