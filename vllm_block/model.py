@@ -72,9 +72,9 @@ class BlockTransformerForCausalLM(nn.Module):
                                       prefix=f"{prefix}lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
         self.pad_piece: torch.Tensor | None = None  # the virtual pad's embedding piece
-        self.decode_step = self.static_step
+        self.decode_step = self._static_forward
         if self.planner.mode.compile_decode:
-            self.decode_step = compile_static_step(self.static_step, vllm_config)
+            self.decode_step = compile_static_step(self._static_forward, vllm_config)
         self.profiled: tuple[int, int] | None = None  # (rows, blocks) of the last profile
 
     @classmethod
@@ -97,7 +97,7 @@ class BlockTransformerForCausalLM(nn.Module):
         ids = torch.where((input_ids >= 0) & (input_ids < self.config.vocab_size),
                           input_ids, self.config.pad_token_id)
         if meta.decode is not None:
-            return self.decode_step(ids, meta.decode)
+            return self.static_step(ids, meta.decode)
         return self.exact_step(ids, meta.plan)
 
     # -- the exact step ------------------------------------------------------
@@ -136,35 +136,48 @@ class BlockTransformerForCausalLM(nn.Module):
     # -- the static step -----------------------------------------------------
     def static_step(self, ids: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
         """A uniform single-token decode step whose every shape is a function
-        of the batch size B (see DecodePlan): the block decoder runs all B
-        rows (K/V stored only for closing tokens), the token decoder B x R."""
+        of the batch size B (see DecodePlan). The open blocks' pieces are read
+        and written here, outside `decode_step` (compiled on CPU where the step
+        mode says so): they share storage with the first layer's window
+        state, and a compiled graph may not mutate one of two aliased inputs."""
+        owner = self.token_decoder.pieces
+        stored = owner.stored_pieces() if self.L > 1 else None  # [B, L-1, D/L]
+        hidden, piece = self.decode_step(ids, plan, stored)
+        if self.L > 1:
+            owner.store_pieces(None, plan.pending_idx, piece)
+        return hidden
+
+    def _static_forward(self, ids: torch.Tensor, plan: DecodePlan,
+                        stored: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block decoder runs all B rows (K/V stored only for closing
+        tokens), the token decoder B x R. Returns the hidden states [B,
+        hidden] and each request's piece to store."""
         R, hidden_size = self.R, self.config.token_hidden_size
         B = plan.closes.shape[0]
         ids = ids[:B]
         closes = plan.closes != 0
-        emb = self._static_block_embeddings(self.embedder(ids), plan, closes)
+        emb, piece = self._static_block_embeddings(self.embedder(ids), plan, closes, stored)
         ctx = self.block_decoder(emb.reshape(B, -1), plan.block_pos)
         prefix_rows = self.expansion(ctx)[0].view(B, R, hidden_size)
         rows = torch.where(closes[:, None, None], prefix_rows,
                            self.token_embed(ids)[:, None, :])
-        return self.token_decoder(rows.view(B * R, hidden_size), plan.row_pos.reshape(-1),
-                                  plan.out_row)
+        hidden = self.token_decoder(rows.view(B * R, hidden_size), plan.row_pos.reshape(-1),
+                                    plan.out_row)
+        return hidden, piece
 
     def _static_block_embeddings(self, pieces: torch.Tensor, plan: DecodePlan,
-                                 closes: torch.Tensor) -> torch.Tensor:
+                                 closes: torch.Tensor, stored: torch.Tensor | None
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, L, D/L]: each request's block embedding with this step's piece
-        last; the piece is stored (an open block's token), or the stored one
-        rewritten (a closing token)."""
-        if self.L == 1:
-            emb = pieces[:, None]
+        last, and the piece to store: this step's (an open block's token) or
+        the one already there (a closing token rewrites it)."""
+        if stored is None:  # L == 1: a block is one token
+            emb = piece = pieces[:, None]
         else:
-            owner = self.token_decoder.pieces
-            stored = owner.stored_pieces()  # [B, L-1, D/L]: pieces 0..L-2 of the open block
             emb = torch.cat([stored, pieces[:, None]], 1)
             req = torch.arange(pieces.shape[0], device=pieces.device)
             piece = torch.where(closes[:, None], stored[req, plan.pending_idx], pieces)
-            owner.store_pieces(None, plan.pending_idx, piece)
-        return torch.where(plan.piece_is_pad[..., None] != 0, self._pad(), emb)
+        return torch.where(plan.piece_is_pad[..., None] != 0, self._pad(), emb), piece
 
     # -- vLLM's profile run, helpers, weights ----------------------------------
     def profile_run(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -51,24 +51,26 @@ class StepPlanner:
         self.decode_buffer: DecodePlanBuffer | None = None  # at the first static step
         self._last: tuple[bytes, Step] | None = None
 
-    def plan(self, cm: CommonAttentionMetadata, device: torch.device) -> Step:
+    def plan(self, common: CommonAttentionMetadata, device: torch.device) -> Step:
         """This step's plan. It depends only on the requests' token ranges and
-        lengths, so equal inputs are the same step (or an identical one)."""
-        n = cm.num_reqs
-        qsl = cm.query_start_loc_cpu[:n + 1].numpy().astype(np.int64)
-        seq = cm.seq_lens_cpu_upper_bound[:n].numpy().astype(np.int64)
-        key = qsl.tobytes() + b"|" + seq.tobytes()
+        lengths (the same in every group's metadata), so equal inputs are the
+        same step, or an identical one."""
+        n = common.num_reqs
+        query_start_loc = common.query_start_loc_cpu[:n + 1].numpy().astype(np.int64)
+        seq = common.seq_lens_cpu_upper_bound[:n].numpy().astype(np.int64)
+        key = query_start_loc.tobytes() + b"|" + seq.tobytes()
         if self._last is None or self._last[0] != key:
-            self._last = (key, self._build(qsl, seq, device))
+            self._last = (key, self._build(query_start_loc, seq, device))
         return self._last[1]
 
-    def _build(self, qsl: np.ndarray, seq: np.ndarray, device: torch.device) -> Step:
+    def _build(self, query_start_loc: np.ndarray, seq: np.ndarray,
+               device: torch.device) -> Step:
         L, R = self.block_length, self.prefix_length
-        if self.mode.static_decode and is_uniform_decode(qsl):
+        if self.mode.static_decode and is_uniform_decode(query_start_loc):
             host = build_decode_plan(seq, L, R)
             return Step(True, host, self._decode_buffer(device).upload(host),
                         decode_block_queries(host, seq, L))
-        host = build_step_plan(qsl, seq, L, R, self.fast_prefill)
+        host = build_step_plan(query_start_loc, seq, L, R, self.fast_prefill)
         return Step(False, host, host.to(device), step_block_queries(host, seq, L))
 
     def _decode_buffer(self, device: torch.device) -> DecodePlanBuffer:

@@ -50,42 +50,57 @@ def _engine_config_hook():
 
         @staticmethod
         def verify_and_update_config(vllm_config) -> None:
-            from . import fast_prefill, quantization, step_mode
-            from .block_attention import check_block_size, default_block_size
-
-            L = vllm_config.model_config.hf_config.block_length
-            cache = vllm_config.cache_config
-            if not cache.user_specified_block_size:
-                cache.block_size = default_block_size(L)
-                cache.user_specified_block_size = True
-            check_block_size(cache.block_size, L)
-            if vllm_config.speculative_config is not None:
-                raise ValueError(
-                    "speculative decoding is not supported for Block Transformer "
-                    "models: the token decoder's per-request state would keep the "
-                    "K/V of rejected draft tokens; start the engine without "
-                    "--speculative-config")
-            if vllm_config.lora_config is not None:
-                raise ValueError(
-                    "LoRA is not supported for Block Transformer models (the "
-                    "architecture has no LoRA layers); start the engine without "
-                    "--enable-lora")
-            quantization.check(vllm_config.model_config.quantization)
-            hf = vllm_config.model_config.hf_config
-            tp = vllm_config.parallel_config.tensor_parallel_size
-            for dec in ("block", "token"):
-                for field, what in (("num_attention_heads", "attention heads"),
-                                    ("intermediate_size", "MLP channels")):
-                    n = getattr(hf, f"{dec}_{field}")
-                    if n % tp:
-                        raise ValueError(
-                            f"the {dec} decoder has {n} {what} ({dec}_{field}), which "
-                            f"tensor_parallel_size {tp} does not divide")
-            # CUDA: FULL_DECODE_ONLY graphs of the static decode step (step_mode.py)
             from vllm.platforms import current_platform
+
+            from . import fast_prefill, quantization, step_mode
+
+            _choose_block_size(vllm_config)
+            _refuse_unsupported(vllm_config)
+            quantization.check(vllm_config.model_config.quantization)
+            _check_tensor_parallel(vllm_config)
+            # CUDA: FULL_DECODE_ONLY graphs of the static decode step (step_mode.py)
             step_mode.configure_engine(vllm_config, on_cuda=current_platform.is_cuda())
             if fast_prefill.enabled(vllm_config):
                 fast_prefill.install_guard(vllm_config)
             MambaModelConfig.verify_and_update_config(vllm_config)
 
     return BlockTransformerEngineConfig
+
+
+def _choose_block_size(vllm_config) -> None:
+    """The model's default page size, or the user's checked against the page rule."""
+    from .block_attention import check_block_size, default_block_size
+
+    L = vllm_config.model_config.hf_config.block_length
+    cache = vllm_config.cache_config
+    if not cache.user_specified_block_size:
+        cache.block_size = default_block_size(L)
+        cache.user_specified_block_size = True
+    check_block_size(cache.block_size, L)
+
+
+def _refuse_unsupported(vllm_config) -> None:
+    if vllm_config.speculative_config is not None:
+        raise ValueError(
+            "speculative decoding is not supported for Block Transformer "
+            "models: the token decoder's per-request state would keep the "
+            "K/V of rejected draft tokens; start the engine without "
+            "--speculative-config")
+    if vllm_config.lora_config is not None:
+        raise ValueError(
+            "LoRA is not supported for Block Transformer models (the "
+            "architecture has no LoRA layers); start the engine without "
+            "--enable-lora")
+
+
+def _check_tensor_parallel(vllm_config) -> None:
+    hf = vllm_config.model_config.hf_config
+    tp = vllm_config.parallel_config.tensor_parallel_size
+    for dec in ("block", "token"):
+        for field, what in (("num_attention_heads", "attention heads"),
+                            ("intermediate_size", "MLP channels")):
+            n = getattr(hf, f"{dec}_{field}")
+            if n % tp:
+                raise ValueError(
+                    f"the {dec} decoder has {n} {what} ({dec}_{field}), which "
+                    f"tensor_parallel_size {tp} does not divide")

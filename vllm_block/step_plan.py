@@ -76,6 +76,29 @@ class StepPlan:
         return StepPlan(num_tokens=self.num_tokens, **out)
 
 
+@dataclass
+class _StepTokens:
+    """Each scheduled token of a step: its request and place in its block."""
+    req: np.ndarray  # [T] request
+    positions: np.ndarray  # [T] position in the request's sequence
+    j: np.ndarray  # [T] in-block index; L-1 closes a block
+    block: np.ndarray  # [T] block index
+    first: np.ndarray  # [n] each request's first token of the step
+    last_block: np.ndarray  # [n] its open block after the step (fresh if the last closed)
+
+    @classmethod
+    def of(cls, query_start_loc: np.ndarray, seq_lens: np.ndarray, L: int) -> "_StepTokens":
+        starts = np.asarray(query_start_loc, dtype=np.int64)
+        seq = np.asarray(seq_lens, dtype=np.int64)
+        num_scheduled = np.diff(starts)
+        req = np.repeat(np.arange(len(seq)), num_scheduled)
+        first, last = starts[:-1], starts[1:] - 1
+        positions = (seq - num_scheduled)[req] + np.arange(int(starts[-1])) - first[req]
+        j = index_in_block(positions, L)
+        block = padded_index(positions, L) // L
+        return cls(req, positions, j, block, first, block[last] + (j[last] == L - 1))
+
+
 def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_length: int,
                     prefix_length: int, last_windows_only: bool = False) -> StepPlan:
     """The plan of one step from each request's token range in the step
@@ -86,67 +109,58 @@ def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_len
     hold its last token's hidden state (the one vLLM samples from). The other
     prompt positions' outputs are only needed for prompt logprobs."""
     L, R = block_length, prefix_length
-    S = window_size(L, R)
-    qsl = np.asarray(query_start_loc, dtype=np.int64)
-    seq = np.asarray(seq_lens, dtype=np.int64)
-    n, T = len(qsl) - 1, int(qsl[-1])
-    qlen = np.diff(qsl)
-    req = np.repeat(np.arange(n), qlen)
-    first, last = qsl[:-1], qsl[1:] - 1
-    positions = (seq - qlen)[req] + np.arange(T) - first[req]
-    j = index_in_block(positions, L)
-    block = padded_index(positions, L) // L
-    ends = j == L - 1
-
-    block_end = np.flatnonzero(ends)
-    open_token = np.flatnonzero(~ends)
+    t = _StepTokens.of(query_start_loc, seq_lens, L)
+    ends = t.j == L - 1
+    block_end, open_token = np.flatnonzero(ends), np.flatnonzero(~ends)
     back = np.arange(L - 1, -1, -1)  # piece k is L-1-k tokens back
-    src_pos = positions[block_end, None] - back
-    end_req = req[block_end]
-    piece_in_step = src_pos >= positions[first][end_req, None]
-
-    # the open block after the step (a fresh one if the last token closed one)
-    last_block = block[last] + ends[last]
-    pending_token = np.flatnonzero(~ends & (block == last_block[req]))
-
+    src_pos = t.positions[block_end, None] - back
+    end_req = t.req[block_end]
+    pending_token = np.flatnonzero(~ends & (t.block == t.last_block[t.req]))
     # rows: each open token is one (in its block's window); each closed
     # block gives R prefix positions of the next block's window.
     if last_windows_only:
-        open_rows = open_token[block[open_token] == last_block[req[open_token]]]
-        end_with_rows = np.flatnonzero(block[block_end] + 1 == last_block[end_req])
+        open_rows = open_token[t.block[open_token] == t.last_block[t.req[open_token]]]
+        end_with_rows = np.flatnonzero(t.block[block_end] + 1 == t.last_block[end_req])
     else:
         open_rows, end_with_rows = open_token, np.arange(len(block_end))
     end_rows = block_end[end_with_rows]
+    num_open = len(open_rows)
+    return StepPlan(
+        num_tokens=len(t.req), block_end=block_end, end_req=end_req,
+        end_block=t.block[block_end],
+        piece_src_token=np.maximum(block_end[:, None] - back, 0).reshape(-1, L),
+        piece_in_step=(src_pos >= t.positions[t.first][end_req, None]).reshape(-1, L),
+        piece_is_pad=(src_pos < 0).reshape(-1, L),
+        pending_token=pending_token, pending_req=t.req[pending_token],
+        pending_idx=t.j[pending_token], open_rows=open_rows, end_with_rows=end_with_rows,
+        **_windows(t, open_rows, end_rows, R, L, last_windows_only),
+        out_token=np.concatenate([open_rows, end_rows]),
+        out_row=np.concatenate([np.arange(num_open),
+                                num_open + np.arange(len(end_rows)) * R + R - 1]))
 
-    # windows: request r covers blocks b_first(r) .. last_block(r), or only its last one
-    b_first = block[first]
-    win_first = last_block if last_windows_only else b_first
-    n_win = last_block - win_first + 1
+
+def _windows(t: _StepTokens, open_rows: np.ndarray, end_rows: np.ndarray, R: int, L: int,
+             last_windows_only: bool) -> dict[str, np.ndarray]:
+    """The token-decoder windows of a step and each row's place in them:
+    request r covers blocks first(r) .. last_block(r), or only its last one."""
+    S = window_size(L, R)
+    b_first = t.block[t.first]
+    win_first = t.last_block if last_windows_only else b_first
+    n_win = t.last_block - win_first + 1
     win_start = np.cumsum(n_win) - n_win
-    W = int(n_win.sum())
-    win_req = np.repeat(np.arange(n), n_win)
-    win_block = win_first[win_req] + np.arange(W) - win_start[win_req]
-    row_req = np.concatenate([req[open_rows], np.repeat(req[end_rows], R)])
-    row_block = np.concatenate([block[open_rows], np.repeat(block[end_rows] + 1, R)])
-    row_pos = np.concatenate([R + j[open_rows], np.tile(np.arange(R), len(end_rows))])
-    row_win = win_start[row_req] + row_block - win_first[row_req]
+    win_req = np.repeat(np.arange(len(n_win)), n_win)
+    win_block = win_first[win_req] + np.arange(int(n_win.sum())) - win_start[win_req]
+    row_req = np.concatenate([t.req[open_rows], np.repeat(t.req[end_rows], R)])
+    row_block = np.concatenate([t.block[open_rows], np.repeat(t.block[end_rows] + 1, R)])
+    row_pos = np.concatenate([R + t.j[open_rows], np.tile(np.arange(R), len(end_rows))])
     # the first window continues the stored state when the step starts
     # mid-block: its positions before the first new one are cached
-    j_first = j[first]
+    j_first = t.j[t.first]
     continues = (win_block == b_first[win_req]) & (j_first[win_req] < L - 1)
     win_from_state = continues[:, None] & (np.arange(S) < (R + j_first[win_req])[:, None])
-
-    M_open = len(open_rows)
-    return StepPlan(
-        num_tokens=T, block_end=block_end, end_req=end_req, end_block=block[block_end],
-        piece_src_token=np.maximum(block_end[:, None] - back, 0).reshape(-1, L),
-        piece_in_step=piece_in_step.reshape(-1, L), piece_is_pad=(src_pos < 0).reshape(-1, L),
-        pending_token=pending_token, pending_req=req[pending_token],
-        pending_idx=j[pending_token], open_rows=open_rows, end_with_rows=end_with_rows,
-        row_pos=row_pos, row_win=row_win, win_req=win_req,
-        win_from_state=win_from_state.reshape(-1, S), last_win=win_start + n_win - 1,
-        out_token=np.concatenate([open_rows, end_rows]),
-        out_row=np.concatenate([np.arange(M_open), M_open + np.arange(len(end_rows)) * R + R - 1]))
+    return dict(row_pos=row_pos, row_win=win_start[row_req] + row_block - win_first[row_req],
+                win_req=win_req, win_from_state=win_from_state.reshape(-1, S),
+                last_win=win_start + n_win - 1)
 
 
 @dataclass
@@ -285,9 +299,9 @@ def step_block_queries(plan: StepPlan, seq_lens: np.ndarray, block_length: int) 
     order, hence grouped by request)."""
     n = len(seq_lens)
     per_request = np.bincount(plan.end_req, minlength=n)
-    qsl = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(per_request, out=qsl[1:])
-    return BlockQueries(qsl, _blocks_after(seq_lens, block_length), plan.end_req,
+    query_start_loc = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(per_request, out=query_start_loc[1:])
+    return BlockQueries(query_start_loc, _blocks_after(seq_lens, block_length), plan.end_req,
                         plan.end_block, np.ones(len(plan.end_req), dtype=bool))
 
 
