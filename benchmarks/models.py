@@ -269,3 +269,18 @@ def paper_scale_limits(requests: int = 256, kv_budget: float = 24 * 2**30,
                                        / row["vanilla_limit_tokens_per_s"], 2)
             out.append(row)
     return out
+
+
+def decode_parts(model: Block, context: float, batch: int, nbytes: int) -> dict:
+    """What each part of one all-decode step of `batch` requests at `context`
+    must do at least, averaged over a block (1 request in L closes a block):
+    GEMM multiply-accumulates of each decoder and the LM head, and the bytes
+    the block decoder's paged attention reads (the closing requests' KV)."""
+    L, R, Hb, Ht = model.block_length, model.prefix_length, model.block_hidden, model.token_hidden
+    closing = batch / L
+    return {
+        "block_decoder_gemm_macs": closing * (model.block_layers * 12 * Hb * Hb + Hb * R * Ht),
+        "token_decoder_gemm_macs": batch * model.token_layers * 12 * Ht * Ht * (L - 1 + R) / L,
+        "lm_head_macs": batch * model.vocab * Ht,
+        "block_attention_kv_bytes": closing * (context / L) * model.block_kv_bytes_per_entry(nbytes),
+    }

@@ -49,6 +49,9 @@ class StepPlan:
     row_win: np.ndarray  # [M] window of each row
     win_req: np.ndarray  # [W]
     win_from_state: np.ndarray  # [W, S] bool: key comes from the stored state
+    blank_cells: np.ndarray  # K/V cells (window_cell) of the windows not from the state
+    row_cell: np.ndarray  # [M] each row's K cell in its window (its V cell is S further)
+    row_hidden: np.ndarray  # [M, S] bool: keys after the row's position
     last_win: np.ndarray  # [n] each request's open window after the step
     out_token: np.ndarray  # tokens whose hidden state this step computes
     out_row: np.ndarray  # the row holding each one's hidden state
@@ -158,9 +161,22 @@ def _windows(t: _StepTokens, open_rows: np.ndarray, end_rows: np.ndarray, R: int
     j_first = t.j[t.first]
     continues = (win_block == b_first[win_req]) & (j_first[win_req] < L - 1)
     win_from_state = continues[:, None] & (np.arange(S) < (R + j_first[win_req])[:, None])
-    return dict(row_pos=row_pos, row_win=win_start[row_req] + row_block - win_first[row_req],
+    row_win = win_start[row_req] + row_block - win_first[row_req]
+    blank_win, blank_pos = np.nonzero(~win_from_state.reshape(-1, S))
+    return dict(row_pos=row_pos, row_win=row_win,
                 win_req=win_req, win_from_state=win_from_state.reshape(-1, S),
+                blank_cells=np.concatenate([window_cell(blank_win, 0, blank_pos, S),
+                                            window_cell(blank_win, 1, blank_pos, S)]),
+                row_cell=window_cell(row_win, 0, row_pos, S),
+                row_hidden=np.arange(S)[None, :] > row_pos[:, None],
                 last_win=win_start + n_win - 1)
+
+
+def window_cell(window: np.ndarray, kv: int, pos: np.ndarray, S: int) -> np.ndarray:
+    """Index of the (K or V, position) cell of a window in a [W * 2 * S, heads
+    * head_dim] view of the step's windows (the token decoder's state layout:
+    [2, S, heads, head_dim] per window)."""
+    return (window * 2 + kv) * S + pos
 
 
 @dataclass

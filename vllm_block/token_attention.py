@@ -36,7 +36,8 @@ from vllm.v1.kv_cache_interface import MambaSpec
 from .planner import StepPlanner, graph_support, planner_of
 from .step_plan import DecodePlan, StepPlan
 from .window_attention import (attends_per_window, decode_attention, decode_visibility,
-                               row_attention, row_visibility, window_attention)
+                               gather_windows, row_attention, store_windows,
+                               window_attention, write_rows)
 
 
 @dataclass
@@ -140,16 +141,14 @@ class TokenWindowAttention(nn.Module, MambaBase):
     def _exact(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan,
                slot: torch.Tensor) -> torch.Tensor:
         stored = self.kv_cache[0]  # [pages, 2, S, heads, head_dim]
-        buf = stored[slot[plan.win_req]]
-        buf = torch.where(plan.win_from_state[:, None, :, None, None], buf, 0)
-        buf[plan.row_win, 0, plan.row_pos] = k
-        buf[plan.row_win, 1, plan.row_pos] = v
+        windows = gather_windows(stored, slot[plan.win_req], plan.blank_cells)
+        write_rows(windows, plan.row_cell, k, v, self.window)
+        buf = windows.view(-1, *stored.shape[1:])  # [W, 2, S, heads, head_dim]
         if attends_per_window(len(plan.row_pos), len(plan.win_req), self.window):
             out = window_attention(q, buf, plan.row_win, plan.row_pos)
         else:
-            visible = row_visibility(plan.row_pos, self.window)
-            out = row_attention(q, buf, plan.row_win, visible)
-        stored[slot] = buf[plan.last_win]
+            out = row_attention(q, buf, plan.row_win, plan.row_hidden)
+        store_windows(stored, slot, windows, plan.last_win)
         return out
 
     def _static(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DecodePlan,
