@@ -1,6 +1,6 @@
 """The exact step's two token-decoder attentions side by side (one process,
-alternated, one thread): per window (`model.window_attention`) vs per row
-(`model.row_attention`), on the step plans of prefill and decode steps of
+alternated, one thread): per window (`window_attention.window_attention`) vs per row
+(`window_attention.row_attention`), on the step plans of prefill and decode steps of
 `block_main_b4_85`'s token decoder (12 heads x 64, L=4, R=2). The model picks
 per window when 2 x rows >= windows x (R+L-1); this measures that choice.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vllm_block.model import row_attention, window_attention
+from vllm_block.window_attention import row_attention, window_attention
 from vllm_block.step_plan import build_step_plan
 
 L, R, HEADS, HEAD_DIM = 4, 2, 12, 64
@@ -43,14 +43,13 @@ def main() -> None:
     for name, (qsl, seq) in STEPS.items():
         plan = build_step_plan(qsl, seq, L, R).to(torch.device("cpu"))
         M, W = len(plan.row_pos), len(plan.win_req)
-        visible = (torch.arange(S)[None, :] <= plan.row_pos[:, None])[:, None, None, :]
         for dtype in (torch.float32, torch.bfloat16):
             q = torch.randn(M, HEADS, HEAD_DIM, dtype=dtype)
             buf = torch.randn(W, 2, S, HEADS, HEAD_DIM, dtype=dtype)
             per_window, per_row = [], []
             for _ in range(9):
                 per_window.append(timed(window_attention, q, buf, plan.row_win, plan.row_pos))
-                per_row.append(timed(row_attention, q, buf, plan.row_win, visible))
+                per_row.append(timed(row_attention, q, buf, plan.row_win, plan.row_hidden))
             ratios = [r / w for r, w in zip(per_row, per_window)]
             results.append({
                 "step": name, "dtype": str(dtype).removeprefix("torch."), "rows": M,

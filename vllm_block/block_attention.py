@@ -177,6 +177,20 @@ def block_attention_backend(underlying: type[AttentionBackend],
     )
 
 
+def platform_backend(head_size: int, dtype: torch.dtype,
+                     kv_cache_dtype: str) -> type[AttentionBackend]:
+    """The platform's paged-attention backend for the block decoder, refusing
+    head sizes its kernel does not take (it would fail at the first step)."""
+    underlying = get_attn_backend(head_size, dtype, kv_cache_dtype)
+    supported = underlying.get_supported_head_sizes()
+    if supported and head_size not in supported:
+        raise ValueError(
+            f"the block decoder's head size {head_size} (block_hidden_size / "
+            f"block_num_attention_heads) is not supported by this platform's attention "
+            f"backend {underlying.get_name()} (head sizes {supported})")
+    return underlying
+
+
 class BlockDecoderAttention(Attention):
     """Paged attention over block entries: one KV entry per `block_length`
     tokens. Called with the q/k/v of the step's block rows only."""
@@ -185,7 +199,7 @@ class BlockDecoderAttention(Attention):
                  planner: StepPlanner, prefix: str) -> None:
         self.block_length = block_length
         kv_cache_dtype = cache_config.cache_dtype if cache_config else "auto"
-        underlying = get_attn_backend(head_size, torch.get_default_dtype(), kv_cache_dtype)
+        underlying = platform_backend(head_size, torch.get_default_dtype(), kv_cache_dtype)
         super().__init__(num_heads, head_size, head_size ** -0.5, cache_config=cache_config,
                          prefix=prefix,
                          attn_backend=block_attention_backend(underlying, block_length))

@@ -56,6 +56,7 @@ def _engine_config_hook():
 
             _choose_block_size(vllm_config)
             _refuse_unsupported(vllm_config)
+            _check_block_head_size(vllm_config)
             quantization.check(vllm_config.model_config.quantization)
             _check_tensor_parallel(vllm_config)
             # CUDA: FULL_DECODE_ONLY graphs of the static decode step (step_mode.py)
@@ -79,7 +80,20 @@ def _choose_block_size(vllm_config) -> None:
     check_block_size(cache.block_size, L)
 
 
+# What the vLLM model serves of each checkpoint option (config.py); the
+# reference model (`vllm-block reference-generate`) serves them all.
+SERVED = {"alignment": "pad", "embedder_projection": "concat", "decoding_strategy": "prefix"}
+
+
 def _refuse_unsupported(vllm_config) -> None:
+    hf = vllm_config.model_config.hf_config
+    for field, served in SERVED.items():
+        value = getattr(hf, field, served)
+        if value != served:
+            raise ValueError(
+                f"{field}={value!r} is not served by vLLM yet (only {served!r}); the "
+                f"converted checkpoint runs with the reference model: vllm-block "
+                f"reference-generate MODEL_DIR --prompt ...")
     if vllm_config.speculative_config is not None:
         raise ValueError(
             "speculative decoding is not supported for Block Transformer "
@@ -91,6 +105,19 @@ def _refuse_unsupported(vllm_config) -> None:
             "LoRA is not supported for Block Transformer models (the "
             "architecture has no LoRA layers); start the engine without "
             "--enable-lora")
+
+
+def _check_block_head_size(vllm_config) -> None:
+    """In the engine's process, before any worker starts (the same check runs
+    again where the layer picks its backend)."""
+    from vllm.config import set_current_vllm_config
+
+    from .block_attention import platform_backend
+
+    hf, model_config = vllm_config.model_config.hf_config, vllm_config.model_config
+    with set_current_vllm_config(vllm_config):
+        platform_backend(hf.block_hidden_size // hf.block_num_attention_heads,
+                         model_config.dtype, vllm_config.cache_config.cache_dtype)
 
 
 def _check_tensor_parallel(vllm_config) -> None:
