@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU benchmark of the README's Benchmarks section in one command
+# Every CPU benchmark of docs/benchmarks.md in one command
 # (about 25 min on 2 cores; --long: throughput.py --scale cpu-long, about an hour):
 #
 #   bash benchmarks/cpu_all.sh [--long]

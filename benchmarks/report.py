@@ -1,4 +1,4 @@
-"""Markdown tables from a throughput JSON (what the README's Benchmarks section shows).
+"""Markdown tables from a throughput JSON (what docs/benchmarks.md shows).
 
     python benchmarks/report.py [benchmarks/results/throughput_cpu.json]
 """

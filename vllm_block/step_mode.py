@@ -14,7 +14,7 @@ The choice, `--additional-config '{"block_transformer_decode": CHOICE}'`:
   replay the static step; mixed and prefill steps run the exact step
   eagerly), unless the user set --enforce-eager or a compilation config. On
   CPU the exact step runs eagerly: the static step compiled with inductor
-  measured slower there (README, "How a step runs").
+  measured slower there (docs/architecture.md, "How a step runs").
 - "static": the static step for every uniform decode step, compiled on CPU
   unless --enforce-eager.
 - "exact": never the static step (CUDA graphs are then left off).
