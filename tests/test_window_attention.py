@@ -71,20 +71,18 @@ CASES = [(seed, kind, fast) for seed in range(8)
          for kind in ("mixed", "decode", "one_token_prompts") for fast in (False, True)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("seed,kind,fast", CASES)
-def test_window_attention_equals_the_specification(seed, kind, fast, dtype):
-    plan, q, _, _, buf, *_ = random_step(seed, kind, fast, dtype)
-    got = window_attention(q, buf, plan.row_win, plan.row_pos)
-    torch.testing.assert_close(got, spec_row_attention(q, buf, plan.row_win, plan.row_pos),
-                               **TOLERANCE[dtype])
+ATTENTIONS = {  # the plan's row layout each attention reads
+    "per_window": lambda q, buf, plan: window_attention(q, buf, plan.row_win, plan.row_pos),
+    "per_row": lambda q, buf, plan: row_attention(q, buf, plan.row_win, plan.row_hidden),
+}
 
 
+@pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("seed,kind,fast", CASES)
-def test_row_attention_equals_the_specification(seed, kind, fast, dtype):
+def test_attention_equals_the_specification(seed, kind, fast, dtype, attention):
     plan, q, _, _, buf, *_ = random_step(seed, kind, fast, dtype)
-    got = row_attention(q, buf, plan.row_win, plan.row_hidden)
+    got = ATTENTIONS[attention](q, buf, plan)
     torch.testing.assert_close(got, spec_row_attention(q, buf, plan.row_win, plan.row_pos),
                                **TOLERANCE[dtype])
 
