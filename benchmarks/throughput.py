@@ -23,6 +23,9 @@ to `LLM.generate` at once):
                  and 1888 -> 128, more requests than vanilla's KV budget holds:
                  batch maximised by vLLM under one budget for both models; the
                  reference at the same batch as the vLLM runs (plugin / reference)
+  paper regime, batch maximised   the same shapes under 4 GiB of KV per engine,
+                 each model handed as many requests as its KV holds for the
+                 whole sequence (up to max_num_seqs 512): the paper's method
   short context  256 -> 16 and 16 -> 256, 32 requests: compute-bound
 
 It also records vLLM's KV capacity per model, the requests it fits, the
@@ -30,6 +33,7 @@ maximum concurrency reached, this machine's peak FLOP/s and memory bandwidth,
 and the roofline limit of every run. Writes JSON and PNG plots.
 
     python benchmarks/throughput.py                 # --scale cpu (about 19 min, 2 cores)
+    python benchmarks/throughput.py --scale cpu-max   # batch maximised, 4 GiB (50 min)
     python benchmarks/throughput.py --scale cpu-long  # more requests, pairs, repeats
     python benchmarks/throughput.py --scale paper   # the paper's sizes (GPU)
     python benchmarks/throughput.py --scale tiny --out /tmp/b   # code path only (tests)
@@ -55,6 +59,9 @@ from models import MODELS, PAPER_PAIRS, paper_scale_limits, roofline  # noqa: E4
 
 NBYTES = {"float32": 4, "bfloat16": 2}
 PAPER, SHORT = "paper regime", "short context"
+# the paper's "batch maximised": each model runs as many requests as its KV holds
+BATCH_MAX = "paper regime, batch maximised"
+KV = "kv"  # a workload's request count: what the engine's KV budget holds
 # columns of a group (default: block and block-fast; GPT-J and GPT-NeoX at vLLM's defaults)
 FAST_ONLY = dict(block_columns=["block-fast"])
 GPTJ = dict(vanilla_columns=["vanilla-gptj"])
@@ -69,7 +76,8 @@ def paper_regime(prompt_long: int, new_short: int, prefill_requests: int,
     model's reference at the same batch as the vLLM runs (`hf_max_new`: only
     the first tokens of each request, to bound its time: its cost per token
     grows with the context, so this favours the reference)."""
-    return {"table": PAPER, "kv_budget": kv_budget, "hf": "block", "hf_requests": "same",
+    opts.setdefault("table", PAPER)
+    return {"kv_budget": kv_budget, "hf": "block", "hf_requests": "same",
             "workloads": [("prefill-heavy", prompt_long, new_short, prefill_requests),
                           ("decode-heavy", new_short, prompt_long, decode_requests)],
             **opts}
@@ -85,6 +93,11 @@ def paper_regime(prompt_long: int, new_short: int, prefill_requests: int,
 CPU_PAPER = dict(prompt_long=1888, new_short=128, kv_budget=512 << 20, **FAST_ONLY)
 # the reference decodes ~100-150 tokens/s at batch 32 here: 1888 tokens each would take 10 min
 CPU_REFERENCE_CAP = dict(hf_max_new=256)
+# batch maximised: under 4 GiB vanilla_70 holds 168 requests of 2016 tokens in
+# bf16 (84 in fp32), block_main_b4_85 448 (224)
+CPU_BATCH_MAX = dict(prompt_long=1888, new_short=128, kv_budget=4 << 30, max_num_seqs=512,
+                     prefill_requests=KV, decode_requests=KV, hf=False, table=BATCH_MAX,
+                     **GPTJ, **FAST_ONLY)
 SHORT_CPU = dict(table=SHORT, workloads=[("prefill-heavy", 256, 16, 32),
                                          ("decode-heavy", 16, 256, 32)],
                  kv_budget=256 << 20)
@@ -101,6 +114,10 @@ SCALES = {
                 ("float32", PAIR, dict(SHORT_CPU, hf=False, **FAST_ONLY)),
                 ("bfloat16", PAIR, dict(SHORT_CPU, hf=False, **GPTJ, **FAST_ONLY))],
     ),
+    # the paper's method (about 50 min on 2 cores)
+    "cpu-max": dict(hf_requests=0, max_num_batched_tokens=2048, repeats=1,
+                    groups=[("bfloat16", PAIR, paper_regime(**CPU_BATCH_MAX)),
+                            ("float32", PAIR, paper_regime(**CPU_BATCH_MAX))]),
     "cpu-long": dict(
         hf_requests=4, max_num_batched_tokens=2048, repeats=2,
         groups=[("bfloat16", PAIR, paper_regime(prefill_requests=32, decode_requests=64,
@@ -269,7 +286,8 @@ class Engine:
         self.name, self.column = name, column
         kwargs = dict(model=str(path), skip_tokenizer_init=True, dtype=dtype,
                       max_model_len=max_len, kv_cache_memory_bytes=cfg["kv_budget"],
-                      max_num_seqs=max(w[3] for w in cfg["workloads"]),
+                      max_num_seqs=cfg.get("max_num_seqs")
+                      or max(w[3] for w in cfg["workloads"]),
                       max_num_batched_tokens=cfg["max_num_batched_tokens"],
                       enable_prefix_caching=False, disable_log_stats=False, seed=0,
                       **cfg.get("engine_kwargs", {}), **COLUMN_ARGS[column])
@@ -281,6 +299,7 @@ class Engine:
         self.block_size = cache.block_size
         self.capacity_tokens = cache.num_gpu_blocks * cache.block_size
         self.setting = engine_setting(config)
+        self.max_num_seqs = config.scheduler_config.max_num_seqs
         # the maximum concurrency: vLLM's own scheduler stats of every step
         # (what the vllm:num_requests_running gauge shows), seen as recorded
         self.peak_running, self.peak_kv_usage = 0, 0.0
@@ -294,6 +313,12 @@ class Engine:
             return record(scheduler_stats, *args, **kwargs)
 
         manager.record = watched
+
+    def holds(self, length: int) -> int:
+        """Requests of `length` tokens whose pages fit the KV budget at once
+        (vLLM admits more and preempts them as they grow)."""
+        pages = -(-length // self.block_size)
+        return min(self.capacity_tokens // self.block_size // pages, self.max_num_seqs)
 
     def run(self, prompts: list[list[int]], new: int) -> dict:
         from vllm import SamplingParams
@@ -415,7 +440,9 @@ def run_group(gi: int, dtype: str, names: list[str], cfg: dict, args, runs: list
     vocab = MODELS[names[0]].vocab
     try:
         for w_name, prompt, new, requests in cfg["workloads"]:
-            prompts = [[rng.randrange(vocab) for _ in range(prompt)] for _ in range(requests)]
+            asked = {r: r.holds(prompt + new) if requests == KV else requests for r in runners}
+            prompts = [[rng.randrange(vocab) for _ in range(prompt)]
+                       for _ in range(max(asked.values()))]
             for r in runners:  # warm-up: one short request each
                 r.run(prompts[:1], 2)
             for rep in range(cfg["repeats"]):
@@ -423,7 +450,7 @@ def run_group(gi: int, dtype: str, names: list[str], cfg: dict, args, runs: list
                 for r in order:
                     if r.column == "hf" and rep >= args.hf_repeats:
                         continue
-                    n_req, n_new = requests, new
+                    n_req, n_new = asked[r], new
                     if r.column == "hf":
                         n_req = hf_batch(requests, cfg, args)
                         n_new = min(new, cfg.get("hf_max_new") or new)
@@ -557,7 +584,7 @@ LABELS = {"block": "block (vLLM plugin)",
 STYLE = {"block": ("o-", None), "block-fast": ("D-", "C3"), "vanilla-gptj": ("s--", None),
          "vanilla-gptj-eager": ("v--", "C4"), "vanilla-neox": ("^:", "C2"),
          "hf": ("x-.", None)}
-TABLE_TAGS = {PAPER: "paper_regime", SHORT: "short"}
+TABLE_TAGS = {PAPER: "paper_regime", BATCH_MAX: "batch_maximised", SHORT: "short"}
 
 
 def plot(summary: dict, out: Path, tag: str) -> list[str]:
