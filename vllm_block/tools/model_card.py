@@ -1,6 +1,9 @@
 """The model card (README.md) of a demo model directory, written from the
 training log `train.py` leaves there (and the vanilla baseline's, when
-`vllm-block train --card` put it beside it)."""
+`vllm-block train --card` put it beside it).
+
+Each section is its own function returning its lines, so a reader (or a
+change) finds one section's wording without scrolling past the others."""
 from __future__ import annotations
 
 import json
@@ -20,9 +23,18 @@ def write_model_card(model_dir: str | Path) -> Path:
     log = json.loads((d / LOG_NAME).read_text())
     base_path = d / BASELINE_NAME
     base = json.loads(base_path.read_text()) if base_path.is_file() else None
-    tc, data, fin = log["train_config"], log["data"], log["final"]
-    name = d.name
-    lines = [
+    lines = (_front_matter(d.name) + _model_section(log) + _data_section(log["data"])
+             + _training_section(log) + _results_section(log, base)
+             + _samples_section(log, base) + _use_section(d.name)
+             + _reproduce_section(log, base))
+    path = d / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _front_matter(name: str) -> list[str]:
+    """Hugging Face's YAML header (license, tags) and the one-paragraph intro."""
+    return [
         "---",
         "license: cc0-1.0",
         "language: en",
@@ -36,6 +48,13 @@ def write_model_card(model_dir: str | Path) -> Path:
         "`vllm-block train`, shipped with `vllm-block` as its demo model. It writes "
         "King-James-Bible-like English; it knows nothing else.",
         "",
+    ]
+
+
+def _model_section(log: dict) -> list[str]:
+    """The architecture table: sizes as trained, read from the log, not restated."""
+    tc, data = log["train_config"], log["data"]
+    return [
         "## Model",
         "",
         "| | |",
@@ -52,6 +71,12 @@ def write_model_card(model_dir: str | Path) -> Path:
         f"| max_position_embeddings | {tc['max_position_embeddings']} (trained on "
         f"{tc['seq_len']}-token windows) |",
         "",
+    ]
+
+
+def _data_section(data: dict) -> list[str]:
+    """Where the text comes from and how it was split, so the numbers can be rebuilt."""
+    return [
         "## Data",
         "",
         f"The King James Bible (public domain), from Debian's `{data['package']}` package: "
@@ -63,6 +88,13 @@ def write_model_card(model_dir: str | Path) -> Path:
         f"({data['train_tokens']:,} tokens). The tokenizer was trained on the training "
         f"chapters only.",
         "",
+    ]
+
+
+def _training_section(log: dict) -> list[str]:
+    """The optimiser, schedule and cost of the run, in one paragraph."""
+    tc, data = log["train_config"], log["data"]
+    return [
         "## Training",
         "",
         f"{log['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens "
@@ -73,6 +105,14 @@ def write_model_card(model_dir: str | Path) -> Path:
         f"{tc['threads']} CPU thread: **{log['train_seconds'] / 60:.1f} minutes** on "
         f"{log['machine']}.",
         "",
+    ]
+
+
+def _results_section(log: dict, base: dict | None) -> list[str]:
+    """The validation-loss table; with a baseline, its row and what the
+    comparison means (equal training FLOPs), else a note that it is missing."""
+    tc, fin = log["train_config"], log["final"]
+    lines = [
         "## Results",
         "",
         "Validation loss: mean token cross-entropy (nats) over the held-out chapters, cut into "
@@ -86,48 +126,66 @@ def write_model_card(model_dir: str | Path) -> Path:
         f"{log['train_flops_per_token'] / 1e6:.1f} M | **{fin['val_loss']:.4f}** | "
         f"{fin['val_perplexity']:.1f} |",
     ]
-    if base is not None:
-        bf = base["final"]
-        lines.append(
-            f"| vanilla GPT-NeoX ({base['train_config']['vanilla_layers']} layers x "
-            f"{base['train_config']['hidden_size']}) | {base['params'] / 1e6:.2f} M | "
-            f"{base['steps']} | {base['tokens_seen']:,} | {base['train_seconds'] / 60:.1f} min | "
-            f"{base['train_flops_per_token'] / 1e6:.1f} M | **{bf['val_loss']:.4f}** | "
-            f"{bf['val_perplexity']:.1f} |")
-        lines += [
-            "",
-            "The baseline is a plain GPT-NeoX with the same tokenizer, data, batches, optimiser "
-            "and schedule. It has as many layers as the block model runs per token (the "
-            "token decoder on 5/4 positions per token, the block decoder on 1/4: 4 x 5/4 + "
-            "4 x 1/4 = 6), so both cost about the same **training FLOPs** per token and see "
-            "the same tokens (equal-FLOPs comparison). The wall-clock times above are as "
-            "measured, one run after the other on the same machine, and depend on its load "
-            "from other jobs at the time.",
-            "",
-            f"The block model's validation loss is "
-            f"{abs(fin['val_loss'] - bf['val_loss']):.2f} nats "
-            f"{'higher' if fin['val_loss'] > bf['val_loss'] else 'lower'} than the baseline's. "
-            "The paper likewise finds that a Block Transformer needs more parameters (and "
-            "training compute) than a vanilla model for the same perplexity; what it buys is "
-            "inference throughput (a KV cache L times shorter in the block decoder and a "
-            "constant-size one in the token decoder).",
-        ]
-    else:
-        lines += ["", "(No vanilla baseline recorded yet: run the second command below.)"]
-    lines += ["", "## Samples", "",
-              "From the reference model (`model.generate(..., do_sample=True, temperature=0.8, "
-              "top_p=0.95)`, seeds 0, 1, ...); the prompt is in bold:", ""]
-    for s in log.get("samples", []):
+    if base is None:
+        return lines + ["", "(No vanilla baseline recorded yet: run the second command below.)"]
+    return lines + _baseline_comparison(fin, base)
+
+
+def _baseline_comparison(fin: dict, base: dict) -> list[str]:
+    """The baseline's table row, why the comparison is fair, and the loss gap."""
+    bf = base["final"]
+    return [
+        f"| vanilla GPT-NeoX ({base['train_config']['vanilla_layers']} layers x "
+        f"{base['train_config']['hidden_size']}) | {base['params'] / 1e6:.2f} M | "
+        f"{base['steps']} | {base['tokens_seen']:,} | {base['train_seconds'] / 60:.1f} min | "
+        f"{base['train_flops_per_token'] / 1e6:.1f} M | **{bf['val_loss']:.4f}** | "
+        f"{bf['val_perplexity']:.1f} |",
+        "",
+        "The baseline is a plain GPT-NeoX with the same tokenizer, data, batches, optimiser "
+        "and schedule. It has as many layers as the block model runs per token (the "
+        "token decoder on 5/4 positions per token, the block decoder on 1/4: 4 x 5/4 + "
+        "4 x 1/4 = 6), so both cost about the same **training FLOPs** per token and see "
+        "the same tokens (equal-FLOPs comparison). The wall-clock times above are as "
+        "measured, one run after the other on the same machine, and depend on its load "
+        "from other jobs at the time.",
+        "",
+        f"The block model's validation loss is "
+        f"{abs(fin['val_loss'] - bf['val_loss']):.2f} nats "
+        f"{'higher' if fin['val_loss'] > bf['val_loss'] else 'lower'} than the baseline's. "
+        "The paper likewise finds that a Block Transformer needs more parameters (and "
+        "training compute) than a vanilla model for the same perplexity; what it buys is "
+        "inference throughput (a KV cache L times shorter in the block decoder and a "
+        "constant-size one in the token decoder).",
+    ]
+
+
+def _samples_section(log: dict, base: dict | None) -> list[str]:
+    """The logged samples of this model, then the baseline's on the same
+    prompts and seeds, so a reader can judge the text side by side."""
+    lines = ["", "## Samples", "",
+             "From the reference model (`model.generate(..., do_sample=True, temperature=0.8, "
+             "top_p=0.95)`, seeds 0, 1, ...); the prompt is in bold:", ""]
+    lines += _quoted_samples(log.get("samples", []))
+    if base is not None and base.get("samples"):
+        lines += ["The vanilla baseline, same prompts and seeds:", ""]
+        lines += _quoted_samples(base["samples"])
+    return lines
+
+
+def _quoted_samples(samples: list[dict]) -> list[str]:
+    """One Markdown quote per sample (prompt in bold, newlines as " / "), each
+    followed by a blank line."""
+    lines = []
+    for s in samples:
         text = s["completion"].replace("\n", " / ")
         lines.append(f"> **{s['prompt']}**{text}")
         lines.append("")
-    if base is not None and base.get("samples"):
-        lines += ["The vanilla baseline, same prompts and seeds:", ""]
-        for s in base["samples"]:
-            text = s["completion"].replace("\n", " / ")
-            lines.append(f"> **{s['prompt']}**{text}")
-            lines.append("")
-    lines += [
+    return lines
+
+
+def _use_section(name: str) -> list[str]:
+    """The two commands that run the model: served by vLLM, and the reference."""
+    return [
         "## Use",
         "",
         "```bash",
@@ -140,6 +198,12 @@ def write_model_card(model_dir: str | Path) -> Path:
         "`generation_config.json` sets sampling defaults (temperature 0.8, top-p 0.95, 64 new "
         "tokens).",
         "",
+    ]
+
+
+def _reproduce_section(log: dict, base: dict | None) -> list[str]:
+    """The exact commands the logs recorded, so the card can be rebuilt."""
+    lines = [
         "## Reproduce",
         "",
         "`make demo-model` (needs `apt-get install bible-kjv`) retrains both models with "
@@ -150,13 +214,10 @@ def write_model_card(model_dir: str | Path) -> Path:
     ]
     if base is not None:
         lines.append(base["command"])
-    lines += [
+    return lines + [
         "```",
         "",
         "Training is seeded (same batches for both runs); on another CPU or torch version the "
         "losses may differ slightly.",
         "",
     ]
-    path = d / "README.md"
-    path.write_text("\n".join(lines))
-    return path
