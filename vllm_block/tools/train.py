@@ -201,7 +201,6 @@ def run_training(model, train_ids, val_ids, cfg: TrainConfig, progress: bool = T
     the history and the final numbers (full validation loss at the end).
     """
     import torch
-    from tqdm.auto import tqdm
 
     if len(train_ids) <= cfg.seq_len:
         raise TrainError(f"training stream of {len(train_ids)} tokens is too short for "
@@ -213,64 +212,110 @@ def run_training(model, train_ids, val_ids, cfg: TrainConfig, progress: bool = T
     history: list[dict[str, Any]] = []
     model.train()
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps if cfg.steps is not None else int(budget),
-               unit="step" if cfg.steps is not None else "s", disable=not progress,
-               dynamic_ncols=True, mininterval=2.0,
-               desc=f"train {cfg.arch}")
-    step, tokens, smooth, stopped_by = 0, 0, None, "steps"
-    last_val = None
+    bar = _progress_bar(cfg, budget, progress)
+    step, tokens, smooth, last_val = 0, 0, None, None
     while True:
         elapsed = time.perf_counter() - start
-        if cfg.steps is not None and step >= cfg.steps:
+        stopped_by = _stop_reason(cfg, step, elapsed, budget)
+        if stopped_by is not None:
             break
-        if budget is not None and elapsed >= budget:
-            stopped_by = "minutes"
-            break
-        progress_share = step / cfg.steps if cfg.steps is not None else elapsed / budget
-        lr = lr_at(cfg, step, progress_share)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        starts = torch.randint(0, len(train_ids) - cfg.seq_len, (cfg.batch_size,),
-                               generator=gen)
-        x = torch.stack([train_ids[s:s + cfg.seq_len] for s in starts.tolist()])
-        loss = model(x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        lr = lr_at(cfg, step, step / cfg.steps if cfg.steps is not None else elapsed / budget)
+        value, batch_tokens = _train_step(model, opt, train_ids, cfg, gen, lr)
         step += 1
-        tokens += x.numel()
-        value = loss.item()
+        tokens += batch_tokens
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            last_val, _ = evaluate(model, val_ids, cfg.seq_len, cfg.eval_windows)
-            rec = {"step": step, "tokens": tokens, "lr": lr, "train_loss": value,
-                   "train_loss_smooth": smooth, "val_loss_subset": last_val,
-                   "elapsed_s": time.perf_counter() - start}
-            history.append(rec)
-            bar.write(f"step {step:5d}  train {smooth:.4f}  val(subset) {last_val:.4f}  "
-                      f"lr {lr:.2e}  {rec['elapsed_s']:.0f}s")
+            last_val = _validation_check(model, val_ids, cfg, bar, history, start, {
+                "step": step, "tokens": tokens, "lr": lr, "train_loss": value,
+                "train_loss_smooth": smooth})
             if on_eval is not None:
                 on_eval({"history": history, "steps": step})
-        postfix = {"loss": f"{smooth:.3f}", "lr": f"{lr:.1e}"}
-        if last_val is not None:
-            postfix["val"] = f"{last_val:.3f}"
-        bar.set_postfix(postfix, refresh=False)
-        if cfg.steps is not None:
-            bar.update(1)
-        else:
-            bar.n = min(int(time.perf_counter() - start), bar.total)
-            if step % 10 == 0:
-                bar.refresh()
+        _show_progress(bar, cfg, step, start, smooth, lr, last_val)
     train_seconds = time.perf_counter() - start
     bar.close()
-    val_loss, val_tokens = evaluate(model, val_ids, cfg.seq_len)
-    train_eval, _ = evaluate(model, train_ids, cfg.seq_len, max_windows=len(val_ids) // cfg.seq_len)
     return {"history": history, "steps": step, "tokens_seen": tokens,
             "train_seconds": train_seconds, "stopped_by": stopped_by,
-            "final": {"val_loss": val_loss, "val_perplexity": math.exp(val_loss),
-                      "val_tokens": val_tokens, "train_eval_loss": train_eval,
-                      "train_loss_smooth": smooth}}
+            "final": _final_numbers(model, train_ids, val_ids, cfg, smooth)}
+
+
+def _stop_reason(cfg: TrainConfig, step: int, elapsed: float,
+                 budget: float | None) -> str | None:
+    """"steps" or "minutes" when the run is over (the step count is checked
+    first, so a run given both stops by whichever comes first), else None."""
+    if cfg.steps is not None and step >= cfg.steps:
+        return "steps"
+    if budget is not None and elapsed >= budget:
+        return "minutes"
+    return None
+
+
+def _train_step(model, opt, train_ids, cfg: TrainConfig, gen, lr: float) -> tuple[float, int]:
+    """One optimiser step at learning rate `lr` on `batch_size` random windows
+    (drawn from `gen`, so both archs see the same batches); returns (loss,
+    tokens in the batch)."""
+    import torch
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    starts = torch.randint(0, len(train_ids) - cfg.seq_len, (cfg.batch_size,),
+                           generator=gen)
+    x = torch.stack([train_ids[s:s + cfg.seq_len] for s in starts.tolist()])
+    loss = model(x, labels=x).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item(), x.numel()
+
+
+def _validation_check(model, val_ids, cfg: TrainConfig, bar, history: list,
+                      start: float, rec: dict[str, Any]) -> float:
+    """The periodic check on `eval_windows` validation windows (the full set
+    is only evaluated at the end, to keep the loop fast): completes `rec`,
+    appends it to `history`, prints it, and returns the loss."""
+    val_loss, _ = evaluate(model, val_ids, cfg.seq_len, cfg.eval_windows)
+    rec.update({"val_loss_subset": val_loss, "elapsed_s": time.perf_counter() - start})
+    history.append(rec)
+    bar.write(f"step {rec['step']:5d}  train {rec['train_loss_smooth']:.4f}  "
+              f"val(subset) {val_loss:.4f}  lr {rec['lr']:.2e}  {rec['elapsed_s']:.0f}s")
+    return val_loss
+
+
+def _progress_bar(cfg: TrainConfig, budget: float | None, progress: bool):
+    """A bar counting steps, or seconds of the budget when no step count is set."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps if cfg.steps is not None else int(budget),
+                unit="step" if cfg.steps is not None else "s", disable=not progress,
+                dynamic_ncols=True, mininterval=2.0,
+                desc=f"train {cfg.arch}")
+
+
+def _show_progress(bar, cfg: TrainConfig, step: int, start: float, smooth: float,
+                   lr: float, last_val: float | None) -> None:
+    """Advance the bar (by a step, or to the elapsed second, redrawn every 10
+    steps so a time-budgeted bar moves) with the smoothed loss and lr."""
+    postfix = {"loss": f"{smooth:.3f}", "lr": f"{lr:.1e}"}
+    if last_val is not None:
+        postfix["val"] = f"{last_val:.3f}"
+    bar.set_postfix(postfix, refresh=False)
+    if cfg.steps is not None:
+        bar.update(1)
+    else:
+        bar.n = min(int(time.perf_counter() - start), bar.total)
+        if step % 10 == 0:
+            bar.refresh()
+
+
+def _final_numbers(model, train_ids, val_ids, cfg: TrainConfig,
+                   smooth: float | None) -> dict[str, Any]:
+    """The numbers a run is judged by: the loss on every validation window,
+    and on as many training windows, to show the gap between the two."""
+    val_loss, val_tokens = evaluate(model, val_ids, cfg.seq_len)
+    train_eval, _ = evaluate(model, train_ids, cfg.seq_len, max_windows=len(val_ids) // cfg.seq_len)
+    return {"val_loss": val_loss, "val_perplexity": math.exp(val_loss),
+            "val_tokens": val_tokens, "train_eval_loss": train_eval,
+            "train_loss_smooth": smooth}
 
 
 # ---------------------------------------------------------------------------
@@ -341,111 +386,179 @@ def train(out_dir: str | Path, cfg: TrainConfig, *, docs: list | None = None,
     Returns the training log (also written to `out_dir/train_log.json`).
     """
     import torch
-    from tokenizers import Tokenizer
-    from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
-
-    from . import data as D
-    from .model_card import write_model_card
 
     hf_logging.disable_progress_bar()
     cfg.validate()
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     torch.set_num_threads(cfg.threads)
-
-    if docs is None:
-        chapters = D.kjv_chapters(data_dir)
-        train_docs, val_list = D.split(chapters)
-        data_info = {"source": "King James Bible", "package": "bible-kjv",
-                     "source_command": f"bible -f {D.KJV_RANGE}",
-                     "chapters": len(chapters), "val_every": D.VAL_EVERY}
-    else:
-        train_docs = list(docs)
-        val_list = list(val_docs) if val_docs is not None else list(docs)
-        data_info = {"source": "given documents", "package": None,
-                     "source_command": None, "chapters": len(train_docs) + len(val_list),
-                     "val_every": None}
-    if tokenizer_dir is not None:
-        tok_file = Path(tokenizer_dir) / "tokenizer.json"
-        if not tok_file.is_file():
-            raise TrainError(f"--tokenizer {tokenizer_dir} has no tokenizer.json")
-        tok = Tokenizer.from_file(str(tok_file))
-        if tok.token_to_id(D.EOT) != 0:
-            raise TrainError(f"--tokenizer {tokenizer_dir}: {D.EOT} is not id 0")
-    else:
-        tok = D.train_tokenizer(train_docs, cfg.vocab_size)
-    vocab = tok.get_vocab_size()
-    train_ids, val_ids = D.encode_stream(tok, train_docs), D.encode_stream(tok, val_list)
-    data_info.update({"train_chapters": len(train_docs), "val_chapters": len(val_list),
-                      "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-                      "vocab_size": vocab})
-
+    tok, train_ids, val_ids, data_info = _prepare_data(cfg, docs, val_docs, tokenizer_dir,
+                                                       data_dir)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, vocab)
-    params = count_params(model)
-    flops = training_flops_per_token(model, cfg)
-    if command is None:
-        command = "vllm-block train " + " ".join(
-            shlex.quote(a) for a in ["--arch", cfg.arch, "--out", str(out)])
-    log: dict[str, Any] = {
-        "arch": cfg.arch, "command": command, "train_config": asdict(cfg),
-        "data": data_info, "params": params, "train_flops_per_token": flops,
-        "machine": _machine(), "torch": torch.__version__, "complete": False}
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / LOG_NAME
-    if cfg.arch == "block":  # a baseline recorded for an earlier model is stale
-        (out / BASELINE_NAME).unlink(missing_ok=True)
-
-    def write_log(update: dict) -> None:
-        log.update(update)
-        tmp = log_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(log, indent=1) + "\n")
-        tmp.replace(log_path)
-
+    model = build_model(cfg, data_info["vocab_size"])
+    log = _new_log(model, cfg, out, command, data_info)
+    log_path = _open_out_dir(out, cfg)
     if progress:
-        print(f"{cfg.arch}: {params:,} parameters, {flops / 1e6:.1f} MFLOPs/token "
-              f"(training), train {len(train_ids):,} tokens, val {len(val_ids):,} tokens, "
-              f"vocab {vocab}", flush=True)
+        _print_start(log, len(train_ids), len(val_ids))
     result = run_training(model, train_ids, val_ids, cfg, progress=progress,
-                          on_eval=write_log)
+                          on_eval=lambda update: _write_log(log_path, log, update))
     model.eval()
     if samples:
         result["samples"] = sample_texts(model, tok, cfg, seed=cfg.seed)
     if progress:
-        print(f"{cfg.arch}: {result['steps']} steps in {result['train_seconds'] / 60:.1f} "
-              f"min, final validation loss {result['final']['val_loss']:.4f} "
-              f"({result['final']['val_tokens']:,} tokens)", flush=True)
-        for s in result.get("samples", []):
-            print(f"  [{s['prompt']}]{s['completion']!r}", flush=True)
-
-    if save_weights:
-        model.config.dtype = torch.float32
-        model.save_pretrained(out, safe_serialization=True)
-        GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0, do_sample=True,
-                         temperature=0.8, top_p=0.95, max_new_tokens=64
-                         ).save_pretrained(out)
-        D.save_tokenizer(tok, out, cfg.max_position_embeddings)
-        weights = out / "model.safetensors"
-        result["safetensors_bytes"] = weights.stat().st_size if weights.is_file() else None
-    else:
-        result["safetensors_bytes"] = None
+        _print_result(cfg, result)
+    result["safetensors_bytes"] = _save_model_dir(model, tok, out, cfg) if save_weights else None
     result["complete"] = True
-    write_log(result)
-    if cfg.arch == "block" and save_weights:
-        write_model_card(out)
-    if card_dir is not None:
-        card = Path(card_dir)
-        if not (card / LOG_NAME).is_file():
-            raise TrainError(f"--card {card} has no {LOG_NAME}: train the block model first")
-        if cfg.arch != "vanilla":
-            raise TrainError("--card takes the vanilla run's results: use it with --arch vanilla")
-        (card / BASELINE_NAME).write_text(json.dumps(
-            {k: v for k, v in log.items() if k != "history"}, indent=1) + "\n")
-        write_model_card(card)
+    _write_log(log_path, log, result)
+    _write_cards(out, cfg, log, card_dir, save_weights)
     if summary is not None:
         write_summary(summary, log, card_dir)
     return log
+
+
+def _prepare_data(cfg: TrainConfig, docs: list | None, val_docs: list | None,
+                  tokenizer_dir: str | Path | None, data_dir: str | Path):
+    """(tokenizer, training ids, validation ids, what the log records of the data)."""
+    from . import data as D
+
+    train_docs, val_list, data_info = _documents(docs, val_docs, data_dir)
+    tok = _tokenizer(train_docs, tokenizer_dir, cfg.vocab_size)
+    train_ids, val_ids = D.encode_stream(tok, train_docs), D.encode_stream(tok, val_list)
+    data_info.update({"train_chapters": len(train_docs), "val_chapters": len(val_list),
+                      "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+                      "vocab_size": tok.get_vocab_size()})
+    return tok, train_ids, val_ids, data_info
+
+
+def _documents(docs: list | None, val_docs: list | None, data_dir: str | Path):
+    """(training docs, validation docs, their source for the log): the KJV's
+    chapters split by `data.split`, or the given documents (validated on
+    themselves when no `val_docs` are given, as the tests do)."""
+    from . import data as D
+
+    if docs is None:
+        chapters = D.kjv_chapters(data_dir)
+        train_docs, val_list = D.split(chapters)
+        return train_docs, val_list, {
+            "source": "King James Bible", "package": "bible-kjv",
+            "source_command": f"bible -f {D.KJV_RANGE}",
+            "chapters": len(chapters), "val_every": D.VAL_EVERY}
+    train_docs = list(docs)
+    val_list = list(val_docs) if val_docs is not None else list(docs)
+    return train_docs, val_list, {
+        "source": "given documents", "package": None,
+        "source_command": None, "chapters": len(train_docs) + len(val_list),
+        "val_every": None}
+
+
+def _tokenizer(train_docs: list, tokenizer_dir: str | Path | None, vocab_size: int):
+    """The tokenizer in `tokenizer_dir` (so a baseline shares the block
+    model's), else one trained on the training docs; either way its
+    end-of-text token must be id 0, the models' pad/bos/eos."""
+    from tokenizers import Tokenizer
+
+    from . import data as D
+
+    if tokenizer_dir is None:
+        return D.train_tokenizer(train_docs, vocab_size)
+    tok_file = Path(tokenizer_dir) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise TrainError(f"--tokenizer {tokenizer_dir} has no tokenizer.json")
+    tok = Tokenizer.from_file(str(tok_file))
+    if tok.token_to_id(D.EOT) != 0:
+        raise TrainError(f"--tokenizer {tokenizer_dir}: {D.EOT} is not id 0")
+    return tok
+
+
+def _new_log(model, cfg: TrainConfig, out: Path, command: str | None,
+             data_info: dict) -> dict[str, Any]:
+    """The log's head: what was run, on what, at what size; marked incomplete
+    until the weights are written."""
+    import torch
+
+    if command is None:
+        command = "vllm-block train " + " ".join(
+            shlex.quote(a) for a in ["--arch", cfg.arch, "--out", str(out)])
+    return {
+        "arch": cfg.arch, "command": command, "train_config": asdict(cfg),
+        "data": data_info, "params": count_params(model),
+        "train_flops_per_token": training_flops_per_token(model, cfg),
+        "machine": _machine(), "torch": torch.__version__, "complete": False}
+
+
+def _open_out_dir(out: Path, cfg: TrainConfig) -> Path:
+    """Create `out` and return its log's path; a new block model drops the
+    baseline recorded for the one it replaces, which would be stale."""
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.arch == "block":
+        (out / BASELINE_NAME).unlink(missing_ok=True)
+    return out / LOG_NAME
+
+
+def _write_log(log_path: Path, log: dict, update: dict) -> None:
+    """Merge `update` into `log` and rewrite the file atomically, so a run
+    cut short leaves a readable log of the checks so far."""
+    log.update(update)
+    tmp = log_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(log, indent=1) + "\n")
+    tmp.replace(log_path)
+
+
+def _print_start(log: dict, train_tokens: int, val_tokens: int) -> None:
+    """The run's size and data, before the first step, for the terminal."""
+    print(f"{log['arch']}: {log['params']:,} parameters, "
+          f"{log['train_flops_per_token'] / 1e6:.1f} MFLOPs/token "
+          f"(training), train {train_tokens:,} tokens, val {val_tokens:,} tokens, "
+          f"vocab {log['data']['vocab_size']}", flush=True)
+
+
+def _print_result(cfg: TrainConfig, result: dict) -> None:
+    """The run's final line and its samples, for the terminal."""
+    print(f"{cfg.arch}: {result['steps']} steps in {result['train_seconds'] / 60:.1f} "
+          f"min, final validation loss {result['final']['val_loss']:.4f} "
+          f"({result['final']['val_tokens']:,} tokens)", flush=True)
+    for s in result.get("samples", []):
+        print(f"  [{s['prompt']}]{s['completion']!r}", flush=True)
+
+
+def _save_model_dir(model, tok, out: Path, cfg: TrainConfig) -> int | None:
+    """Weights (float32 safetensors), sampling defaults and tokenizer: a
+    directory `from_pretrained` and `vllm serve` load. Returns the weights'
+    size in bytes."""
+    import torch
+    from transformers import GenerationConfig
+
+    from . import data as D
+
+    model.config.dtype = torch.float32
+    model.save_pretrained(out, safe_serialization=True)
+    GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0, do_sample=True,
+                     temperature=0.8, top_p=0.95, max_new_tokens=64
+                     ).save_pretrained(out)
+    D.save_tokenizer(tok, out, cfg.max_position_embeddings)
+    weights = out / "model.safetensors"
+    return weights.stat().st_size if weights.is_file() else None
+
+
+def _write_cards(out: Path, cfg: TrainConfig, log: dict, card_dir: str | Path | None,
+                 save_weights: bool) -> None:
+    """A saved block model gets its card; a vanilla run given `--card` is
+    recorded beside that block model as its baseline, and its card rewritten."""
+    from .model_card import write_model_card
+
+    if cfg.arch == "block" and save_weights:
+        write_model_card(out)
+    if card_dir is None:
+        return
+    card = Path(card_dir)
+    if not (card / LOG_NAME).is_file():
+        raise TrainError(f"--card {card} has no {LOG_NAME}: train the block model first")
+    if cfg.arch != "vanilla":
+        raise TrainError("--card takes the vanilla run's results: use it with --arch vanilla")
+    (card / BASELINE_NAME).write_text(json.dumps(
+        {k: v for k, v in log.items() if k != "history"}, indent=1) + "\n")
+    write_model_card(card)
 
 
 def write_summary(path: str | Path, log: dict, block_dir: str | Path | None) -> Path:
