@@ -242,18 +242,34 @@ class BlockTransformerConfig(PretrainedConfig):
 
     # -- validation ---------------------------------------------------------
     def validate(self) -> None:
-        """Raise ValueError naming the first field that cannot work."""
+        """Raise ValueError naming the first field that cannot work.
 
-        def positive_int(field: str) -> int:
-            value = getattr(self, field)
-            if not _is_positive_int(value):
-                raise ValueError(
-                    f"BlockTransformerConfig.{field} must be a positive integer, "
-                    f"got {value!r}")
-            return value
+        The checks run in a fixed order (scalars, each decoder, the embedder,
+        positions, token ids), so that a later check may rely on the fields
+        an earlier one has proved to be positive integers."""
+        L = self._positive_int("block_length")
+        self._positive_int("prefix_length")
+        self._check_choices(L)
+        self._positive_int("vocab_size")
+        self._positive_int("max_position_embeddings")
+        for dec in DECODERS:
+            self._check_decoder_sizes(dec)
+            self._check_decoder_numbers(dec)
+        self._check_embedder(L)
+        self._check_positions()
+        self._check_token_ids()
 
-        L = positive_int("block_length")
-        positive_int("prefix_length")
+    def _positive_int(self, field: str) -> int:
+        value = getattr(self, field)
+        if not _is_positive_int(value):
+            raise ValueError(
+                f"BlockTransformerConfig.{field} must be a positive integer, "
+                f"got {value!r}")
+        return value
+
+    def _check_choices(self, L: int) -> None:
+        """The string options are ones this package implements, and summation
+        (one start position, L pieces summed) has no prefix of its own length."""
         for field, allowed in (("alignment", ALIGNMENTS),
                                ("embedder_projection", EMBEDDER_PROJECTIONS),
                                ("decoding_strategy", DECODING_STRATEGIES)):
@@ -265,55 +281,68 @@ class BlockTransformerConfig(PretrainedConfig):
             raise ValueError(
                 f"BlockTransformerConfig.prefix_length ({self.prefix_length}) must "
                 f"equal block_length ({L}) for decoding_strategy summation")
-        positive_int("vocab_size")
-        positive_int("max_position_embeddings")
-        for dec in DECODERS:
-            for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                        "intermediate_size", "max_position_embeddings"):
-                positive_int(f"{dec}_{key}")
-            hidden = getattr(self, f"{dec}_hidden_size")
-            heads = getattr(self, f"{dec}_num_attention_heads")
-            if hidden % heads:
+
+    def _check_decoder_sizes(self, dec: str) -> None:
+        """Decoder `dec`'s sizes: positive, whole heads, an even rotary slice
+        (the rotary kernels rotate pairs of dimensions)."""
+        for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings"):
+            self._positive_int(f"{dec}_{key}")
+        hidden = getattr(self, f"{dec}_hidden_size")
+        heads = getattr(self, f"{dec}_num_attention_heads")
+        if hidden % heads:
+            raise ValueError(
+                f"BlockTransformerConfig.{dec}_num_attention_heads ({heads}) "
+                f"must divide {dec}_hidden_size ({hidden})")
+        pct = getattr(self, f"{dec}_rotary_pct")
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) \
+                or not 0.0 <= pct <= 1.0:
+            raise ValueError(
+                f"BlockTransformerConfig.{dec}_rotary_pct must be in [0, 1], "
+                f"got {pct!r}")
+        if self.decoder_rotary_dim(dec) % 2:
+            raise ValueError(
+                f"BlockTransformerConfig.{dec}_rotary_pct gives an odd rotary "
+                f"dimension ({self.decoder_rotary_dim(dec)}); it must be even")
+
+    def _check_decoder_numbers(self, dec: str) -> None:
+        """Decoder `dec`'s other hyper-parameters: positive floats, an
+        activation the layers implement, a boolean residual layout."""
+        for key in ("rotary_emb_base", "layer_norm_eps"):
+            value = getattr(self, f"{dec}_{key}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not value > 0:
                 raise ValueError(
-                    f"BlockTransformerConfig.{dec}_num_attention_heads ({heads}) "
-                    f"must divide {dec}_hidden_size ({hidden})")
-            pct = getattr(self, f"{dec}_rotary_pct")
-            if isinstance(pct, bool) or not isinstance(pct, (int, float)) \
-                    or not 0.0 <= pct <= 1.0:
-                raise ValueError(
-                    f"BlockTransformerConfig.{dec}_rotary_pct must be in [0, 1], "
-                    f"got {pct!r}")
-            if self.decoder_rotary_dim(dec) % 2:
-                raise ValueError(
-                    f"BlockTransformerConfig.{dec}_rotary_pct gives an odd rotary "
-                    f"dimension ({self.decoder_rotary_dim(dec)}); it must be even")
-            for key in ("rotary_emb_base", "layer_norm_eps"):
-                value = getattr(self, f"{dec}_{key}")
-                if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                        or not value > 0:
-                    raise ValueError(
-                        f"BlockTransformerConfig.{dec}_{key} must be a positive "
-                        f"number, got {value!r}")
-            act = getattr(self, f"{dec}_hidden_act")
-            if act not in SUPPORTED_ACTIVATIONS:
-                raise ValueError(
-                    f"BlockTransformerConfig.{dec}_hidden_act {act!r} is not "
-                    f"supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
-            if not isinstance(getattr(self, f"{dec}_use_parallel_residual"), bool):
-                raise ValueError(
-                    f"BlockTransformerConfig.{dec}_use_parallel_residual must be "
-                    f"true or false")
+                    f"BlockTransformerConfig.{dec}_{key} must be a positive "
+                    f"number, got {value!r}")
+        act = getattr(self, f"{dec}_hidden_act")
+        if act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"BlockTransformerConfig.{dec}_hidden_act {act!r} is not "
+                f"supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+        if not isinstance(getattr(self, f"{dec}_use_parallel_residual"), bool):
+            raise ValueError(
+                f"BlockTransformerConfig.{dec}_use_parallel_residual must be "
+                f"true or false")
+
+    def _check_embedder(self, L: int) -> None:
+        """With "concat" the block decoder's input is the L token embeddings
+        side by side, so its width must be L times the embedder's."""
         concat = self.embedder_projection == "concat"
         if concat and self.block_hidden_size % L:
             raise ValueError(
                 f"BlockTransformerConfig.block_hidden_size ({self.block_hidden_size}) "
                 f"must be divisible by block_length ({L})")
-        positive_int("embedder_hidden_size")
+        self._positive_int("embedder_hidden_size")
         if concat and self.embedder_hidden_size != self.block_hidden_size // L:
             raise ValueError(
                 f"BlockTransformerConfig.embedder_hidden_size "
                 f"({self.embedder_hidden_size}) must equal block_hidden_size / "
                 f"block_length ({self.block_hidden_size // L})")
+
+    def _check_positions(self) -> None:
+        """Each decoder has the positions the longest request needs: one per
+        block in the block decoder, one window in the token decoder."""
         if self.block_max_position_embeddings < self.max_num_blocks:
             raise ValueError(
                 f"BlockTransformerConfig.block_max_position_embeddings "
@@ -325,6 +354,9 @@ class BlockTransformerConfig(PretrainedConfig):
                 f"BlockTransformerConfig.token_max_position_embeddings "
                 f"({self.token_max_position_embeddings}) is smaller than the "
                 f"token decoder's window ({self.token_cache_length})")
+
+    def _check_token_ids(self) -> None:
+        """pad and bos index the embedding table, so they must be in the vocabulary."""
         for field in ("pad_token_id", "bos_token_id"):
             value = getattr(self, field)
             if not isinstance(value, int) or not 0 <= value < self.vocab_size:
