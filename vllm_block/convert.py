@@ -72,6 +72,32 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
 
     `alignment` ("pad" / "nopad") overrides the one read off the yaml
     (`trained_alignment`)."""
+    _refuse_non_block(original)
+    _refuse_unsupported(original)
+    kwargs = _top_level_kwargs(original)
+    kwargs["vocab_size"] = _apply_decoder_overrides(original, kwargs)
+    for key in ("block_length", "prefix_length", "vocab_size"):
+        if kwargs[key] is None:
+            raise ConversionError(f"config.yaml does not give {key}")
+    _fit_block_positions(kwargs)
+    padded = original.get("random_pad_first_block")
+    if padded is not None and not isinstance(padded, bool):
+        raise ConversionError(
+            f"random_pad_first_block must be true or false, got {padded!r}")
+    if alignment is not None and alignment not in ALIGNMENTS:
+        raise ConversionError(
+            f"unsupported alignment {alignment!r} (supported: {', '.join(ALIGNMENTS)})")
+    try:
+        cfg = BlockTransformerConfig(architectures=[ARCHITECTURE], **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"invalid config: {e}") from e
+    cfg.alignment = alignment or trained_alignment(padded, cfg)
+    return cfg
+
+
+def _refuse_non_block(original: Any) -> None:
+    """A yaml that is no mapping, or a vanilla model's (which vLLM serves
+    itself), is refused before any option is read."""
     if not isinstance(original, dict):
         raise ConversionError("config.yaml must hold a mapping at top level")
     if "block_length" not in original and "model" in original:
@@ -79,6 +105,12 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
             f"config.yaml has no block_length: it is a vanilla (token-level) "
             f"{original['model']!r} config, not a Block Transformer; vLLM serves "
             f"those checkpoints with its own GPTNeoXForCausalLM")
+
+
+def _refuse_unsupported(original: dict) -> None:
+    """Refuse, by name, every option this package does not implement: the
+    `SUPPORTED_OPTIONS` values, missing sections, decoders not based on
+    `BASE_MODEL`, a block split of another length than block_length."""
     for option, supported in SUPPORTED_OPTIONS.items():
         value = _get(original, option)
         if (value is not None or option in REQUIRED_OPTIONS) and value not in supported:
@@ -100,19 +132,16 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
         raise ConversionError(
             f"block_split.distribution_kwargs.length ({split_len!r}) differs from "
             f"block_length ({L!r})")
-    vocab = _get(original, "embedder.config.vocab_size")
+
+
+def _top_level_kwargs(original: dict) -> dict[str, Any]:
+    """The config's model-wide fields (block and prefix length, embedder,
+    context, decoding strategy), before the decoders' own."""
+    L = original.get("block_length")
     strategy = _get(original, "token_decoder.decoding_strategy")
-    ratio = _get(original, "token_decoder.expansion_ratio")
-    if strategy == "summation":
-        # the original asserts expansion_ratio == block_length (its default)
-        if ratio is not None and ratio != L:
-            raise ConversionError(
-                f"token_decoder.expansion_ratio ({ratio!r}) must equal block_length "
-                f"({L!r}) for token_decoder.decoding_strategy summation")
-        ratio = L
     kwargs: dict[str, Any] = {
         "block_length": L,
-        "prefix_length": ratio,
+        "prefix_length": _expansion_ratio(original, strategy, L),
         "embedder_hidden_size": _get(original, "embedder.config.hidden_size"),
         "max_position_embeddings": original.get("max_length", 2048),
         "embedder_projection": _get(original, "embedder.projection_method") or "concat",
@@ -124,6 +153,28 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
             if start is not None:
                 kwargs["bos_token_id"] = start
                 break
+    return kwargs
+
+
+def _expansion_ratio(original: dict, strategy: Any, L: Any) -> Any:
+    """The prefix length R: `expansion_ratio`, which summation fixes to L."""
+    ratio = _get(original, "token_decoder.expansion_ratio")
+    if strategy != "summation":
+        return ratio
+    # the original asserts expansion_ratio == block_length (its default)
+    if ratio is not None and ratio != L:
+        raise ConversionError(
+            f"token_decoder.expansion_ratio ({ratio!r}) must equal block_length "
+            f"({L!r}) for token_decoder.decoding_strategy summation")
+    return L
+
+
+def _apply_decoder_overrides(original: dict, kwargs: dict[str, Any]) -> Any:
+    """Copy each decoder's `config:` overrides of the base model into
+    `kwargs` (as block_* / token_*) and return the one vocabulary size the
+    embedder and both decoders must agree on; training-only keys are skipped,
+    any other key is refused."""
+    vocab = _get(original, "embedder.config.vocab_size")
     for dec, short in (("block_decoder", "block"), ("token_decoder", "token")):
         overrides = _get(original, f"{dec}.config") or {}
         if not isinstance(overrides, dict):
@@ -139,24 +190,7 @@ def config_from_yaml(original: dict, alignment: str | None = None) -> BlockTrans
                 kwargs[f"{short}_{key}"] = value
             elif key not in IGNORED_DECODER_KEYS or (key == "rope_scaling" and value):
                 raise ConversionError(f"unsupported option {dec}.config.{key}: {value!r}")
-    kwargs["vocab_size"] = vocab
-    for key in ("block_length", "prefix_length", "vocab_size"):
-        if kwargs[key] is None:
-            raise ConversionError(f"config.yaml does not give {key}")
-    _fit_block_positions(kwargs)
-    padded = original.get("random_pad_first_block")
-    if padded is not None and not isinstance(padded, bool):
-        raise ConversionError(
-            f"random_pad_first_block must be true or false, got {padded!r}")
-    if alignment is not None and alignment not in ALIGNMENTS:
-        raise ConversionError(
-            f"unsupported alignment {alignment!r} (supported: {', '.join(ALIGNMENTS)})")
-    try:
-        cfg = BlockTransformerConfig(architectures=[ARCHITECTURE], **kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"invalid config: {e}") from e
-    cfg.alignment = alignment or trained_alignment(padded, cfg)
-    return cfg
+    return vocab
 
 
 def _fit_block_positions(kwargs: dict[str, Any]) -> None:
