@@ -128,10 +128,19 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `vllm-block` parser: one subcommand per `_add_*` function below,
+    each naming its handler, so `main` needs no table of its own."""
     parser = argparse.ArgumentParser(
         prog="vllm-block", description="Block Transformer models for vLLM")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    _add_reference_generate(sub)
+    _add_train(sub)
+    _add_generate(sub)
+    return parser
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="original research checkpoint -> HF directory")
     p.add_argument("src", help="checkpoint directory (config.yaml + model.safetensors "
                                "or pytorch_model.bin), or a weights file")
@@ -146,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "models of >= 300M decoder parameters)")
     p.set_defaults(func=_convert)
 
+
+def _add_reference_generate(sub) -> None:
     p = sub.add_parser("reference-generate",
                        help="greedy generation with the plain-PyTorch reference model")
     p.add_argument("model", help="converted model directory")
@@ -157,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=_reference_generate)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the demo model (KJV Bible) or its baseline")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--arch", default="block", choices=["block", "vanilla"],
@@ -180,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a model already trained in --out")
     p.set_defaults(func=_train)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="batch generation with vLLM's LLM()")
     p.add_argument("model", help="model directory with tokenizer files")
     p.add_argument("--prompt", action="append", help="a text prompt (repeatable)")
@@ -193,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-gib", type=float, default=1.0,
                    help="KV-cache memory (on CPU vLLM otherwise reserves a share of RAM)")
     p.set_defaults(func=_generate)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
