@@ -14,9 +14,11 @@ is decoding, then `--steps` pure decode steps (the scheduler's output is
 checked: every running request has one new token and nothing else runs) are
 timed. Generated tokens/s = the running requests / the step time. Requests
 that the KV budget cannot hold wait (or are preempted): the running count is
-the concurrency reached, recorded beside the batch asked for. The context is
-the mean context of the paper regime's decode-heavy run (128 -> 1888: about
-1072), so the figures are the decode part of that workload at each batch.
+the concurrency reached, recorded beside the batch asked for. The prompt
+length is the mean context of the paper regime's decode-heavy run (128 ->
+1888: about 1072), so the figures are the decode part of that workload at
+each batch; the first requests in decode while the last are prefilled, so
+the measured steps' mean context (recorded) grows with the batch.
 Each point is set against its roofline limit (`models.decode_step_limit` at
 the matmul peak and copy bandwidth measured in the same run).
 
@@ -57,9 +59,13 @@ def sweep_one(args) -> dict:
     impl = impl_of(args.one)
     path = make_checkpoint(args.one, impl, args.dtype, args.cache)
     top = max(args.batches)
+    # every request keeps decoding until the last one of the batch is in: the
+    # batch's prefill takes about B x context / 2048 steps, each decoding the
+    # requests already running
+    new_tokens = top * args.context // 2048 + args.steps + 64
     t = time.perf_counter()
     llm = LLM(model=str(path), skip_tokenizer_init=True, dtype=args.dtype,
-              max_model_len=args.context + 256, max_num_seqs=top,
+              max_model_len=args.context + new_tokens + 16, max_num_seqs=top,
               max_num_batched_tokens=2048, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
               enable_prefix_caching=False, seed=0,
               **(dict(kv_sharing_fast_prefill=True) if impl == "block" else {}))
@@ -79,10 +85,13 @@ def sweep_one(args) -> dict:
     core.scheduler.schedule = recorded_schedule
     rng = random.Random(0)
     vocab = MODELS[args.one].vocab
-    sp = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True, detokenize=False)
+    sp = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True,
+                        detokenize=False)
     points = []
-    for batch in args.batches:
-        ids = [f"{batch}-{i}" for i in range(batch)]
+    # the first batch twice: its first pass warms the engine (oneDNN kernels
+    # per shape, allocator) and is not recorded
+    for n_batch, batch in enumerate([args.batches[0]] + args.batches):
+        ids = [f"{n_batch}-{i}" for i in range(batch)]
         for rid in ids:
             engine.add_request(rid, {"prompt_token_ids": [rng.randrange(vocab)
                                                           for _ in range(args.context)]}, sp)
@@ -95,6 +104,10 @@ def sweep_one(args) -> dict:
         while not (len(scheduled) >= 4 and all(pure(s) for s in scheduled[-4:])):
             engine.step()
         fill_s = time.perf_counter() - t0
+        # the mean context of the measured steps: the first requests in have
+        # decoded while the last ones were prefilled
+        context = sum(r.num_computed_tokens for r in core.scheduler.running) \
+            / len(core.scheduler.running) + args.steps / 2
         times, running = [], []
         while len(times) < args.steps:
             n = len(scheduled)
@@ -109,12 +122,14 @@ def sweep_one(args) -> dict:
         engine.abort_request(ids)
         while engine.has_unfinished_requests():
             engine.step()
+        if n_batch == 0:
+            continue
         tps = sum(running) / sum(times)
-        ctx = args.context + 2 + args.steps // 2
-        lim = decode_step_limit(MODELS[args.one], ctx, round(sum(running) / len(running)),
+        lim = decode_step_limit(MODELS[args.one], context, round(sum(running) / len(running)),
                                 NBYTES[args.dtype], args.peaks[f"matmul_flops_{args.dtype}"],
                                 args.peaks["copy_bandwidth_bytes_per_s"])
         points.append({"batch": batch, "running": round(sum(running) / len(running), 1),
+                       "context": round(context, 1),
                        "max_running": max(running), "tokens_per_s": round(tps, 1),
                        "ms_per_step": round(1e3 * sum(times) / len(times), 2),
                        "limit_tokens_per_s": lim["limit_tokens_per_s"], "bound": lim["bound"],
@@ -152,7 +167,7 @@ def plot(result: dict, out: Path) -> str:
     axes[0].set_ylabel("generated tokens / s (pure decode steps)")
     axes[1].set_ylabel("requests running (concurrency reached)")
     kv = result["kv_gib"]
-    axes[0].set_title(f"decode at context {result['context']}, {result['dtype']}, "
+    axes[0].set_title(f"decode, prompts of {result['context']} tokens, {result['dtype']}, "
                       f"{kv:g} GiB KV per engine", fontsize=9)
     axes[1].set_title("what the KV budget holds", fontsize=9)
     fig.tight_layout()

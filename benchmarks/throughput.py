@@ -146,9 +146,10 @@ SCALES = {
     ),
     "tiny": dict(
         hf_requests=1, max_num_batched_tokens=256, repeats=1,
-        # both tables' code paths and every column but NeoX, four engines: the
+        # every table's code path and every column but NeoX, six engines: the
         # paper regime with more requests than vanilla's budget holds (3 pages
-        # of 128 tokens), the short one with the eager and default columns
+        # of 128 tokens), the short one with the eager and default columns,
+        # the batch-maximised one under the paper regime's budget
         groups=[("float32", ["tiny_vanilla", "tiny_block"],
                  paper_regime(32, 8, prefill_requests=3, decode_requests=4,
                               kv_budget=3 * 128 * 1024, hf_max_new=16, **GPTJ, **FAST_ONLY)),
@@ -156,7 +157,12 @@ SCALES = {
                  dict(table=SHORT, workloads=[("prefill-heavy", 16, 4, 1),
                                               ("decode-heavy", 4, 16, 1)],
                       kv_budget=8 << 20, hf=False, block_columns=["block"],
-                      vanilla_columns=["vanilla-gptj-eager"]))],
+                      vanilla_columns=["vanilla-gptj-eager"])),
+                # batch maximised: as many requests as each KV budget holds
+                ("float32", ["tiny_vanilla", "tiny_block"],
+                 paper_regime(32, 8, prefill_requests=KV, decode_requests=KV,
+                              kv_budget=3 * 128 * 1024, max_num_seqs=16, hf=False,
+                              table=BATCH_MAX, **GPTJ, **FAST_ONLY))],
     ),
 }
 

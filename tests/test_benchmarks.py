@@ -1,7 +1,7 @@
 """The benchmark code path on tiny models, so it cannot rot: the cost model's
 parameter counts against real modules, `benchmarks/throughput.py --scale tiny`
-(both tables: two block engines, GPT-J at vLLM's defaults and eager, the
-block model's reference) and `benchmarks/gpu_reference.py --scale tiny` on CPU."""
+(every table: block engines, GPT-J at vLLM's defaults and eager, the
+block model's reference, batch maximised), `benchmarks/batch_sweep.py` and `benchmarks/gpu_reference.py --scale tiny` on CPU."""
 from __future__ import annotations
 
 import json
@@ -114,12 +114,22 @@ def test_throughput_script_tiny(tmp_path):
     result = json.loads((tmp_path / "throughput_tiny.json").read_text())
     cols = {(m["table"], m["model"], m["column"]) for m in result["medians"]}
     paper, short = "paper regime", "short context"
+    maxed = "paper regime, batch maximised"
     assert cols == {(paper, "tiny_block", "block-fast"), (paper, "tiny_block", "hf"),
                     (paper, "tiny_vanilla", "vanilla-gptj"),
-                    (short, "tiny_block", "block"), (short, "tiny_vanilla", "vanilla-gptj-eager")}
+                    (short, "tiny_block", "block"), (short, "tiny_vanilla", "vanilla-gptj-eager"),
+                    (maxed, "tiny_block", "block-fast"), (maxed, "tiny_vanilla", "vanilla-gptj")}
     check_summary(result)
     assert {(r["table"], r["workload"]) for r in result["ratios"]} == {
-        (t, w) for t in (paper, short) for w in ("prefill-heavy", "decode-heavy")}
+        (t, w) for t in (paper, short, maxed) for w in ("prefill-heavy", "decode-heavy")}
+    # batch maximised: each model is handed what its KV holds for the whole
+    # sequence (up to max_num_seqs 16; the block model more than vanilla), and
+    # runs them all at once
+    for m in result["medians"]:
+        if m["table"] == maxed:
+            assert m["requests"] == min(m["fits_requests"], 16) == m["max_running"], m
+    held = {m["model"]: m["requests"] for m in result["medians"] if m["table"] == maxed}
+    assert held["tiny_block"] > held["tiny_vanilla"] > 0
     engines = {(e["table"], e["column"]): e for e in result["memory"]["tiny_block"]["vllm"]
                + result["memory"]["tiny_vanilla"]["vllm"]}
     # vLLM's defaults compile GPT-J; the block model gets what the plugin's
@@ -155,3 +165,32 @@ def test_throughput_script_tiny(tmp_path):
                for r in ref.values()) and len(ref) == 2
     assert (ref["decode-heavy"]["reference_new"], ref["decode-heavy"]["plugin_new"]) == (16, 32)
     assert all((tmp_path / p).exists() for p in result["plots"])
+
+
+@pytest.mark.engine
+def test_batch_sweep_tiny(tmp_path):
+    """Tokens/s against concurrent requests under one KV budget that holds 4
+    of vanilla's requests and all 8 of the block model's: vanilla's
+    concurrency stops at its KV, the block model's does not; each point is
+    set against its roofline limit."""
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "batch_sweep.py"),
+         "--models", "tiny_vanilla,tiny_block", "--batches", "2,8", "--context", "32",
+         "--steps", "2", "--kv-gib", str(4 * 128 * 1024 / 2**30), "--dtype", "float32",
+         "--out", str(tmp_path), "--cache", str(tmp_path / "models")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "batch_sweep_float32.json").read_text())
+    points = {m["model"]: {p["batch"]: p for p in m["points"]} for m in result["models"]}
+    assert points["tiny_vanilla"][2]["running"] == points["tiny_block"][2]["running"] == 2
+    assert points["tiny_vanilla"][8]["max_running"] <= 4
+    assert points["tiny_block"][8]["running"] == 8
+    for pts in points.values():
+        for p in pts.values():
+            assert p["tokens_per_s"] > 0 and p["fraction_of_limit"] == pytest.approx(
+                p["tokens_per_s"] / p["limit_tokens_per_s"], abs=1e-3)
+    assert result["block_over_vanilla"]["8"] == pytest.approx(
+        points["tiny_block"][8]["tokens_per_s"] / points["tiny_vanilla"][8]["tokens_per_s"],
+        abs=1e-3)
+    assert (tmp_path / result["plot"]).exists()
