@@ -192,6 +192,24 @@ PAPER_PAIRS = [
 ]
 
 
+def pages_per_request(model, length: int, page_tokens: int) -> int:
+    """vLLM 0.32's KV pages for one request of `length` tokens. A block model's
+    layers are grouped by kind in groups of the smaller layer count; each
+    block-decoder group takes the request's pages of block entries, each
+    token-decoder state group one page (its bounded window)."""
+    kv = -(-length // page_tokens)
+    if model.kind != "block":
+        return kv
+    group = min(model.block_layers, model.token_layers)
+    return kv * -(-model.block_layers // group) + -(-model.token_layers // group)
+
+
+def requests_held(model, length: int, pages: int, page_tokens: int) -> int:
+    """Requests of `length` tokens whose pages fit at once (vLLM keeps one of
+    its pages as the null page)."""
+    return (pages - 1) // pages_per_request(model, length, page_tokens)
+
+
 def decode_step(model, context: float, batch: int, nbytes: int) -> tuple[float, float]:
     """MACs and bytes moved (weights read once, every request's cache) of one
     decode step of `batch` requests at `context`."""

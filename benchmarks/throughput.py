@@ -55,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from gpu_reference import build, generate  # noqa: E402  (the plain-PyTorch models)
-from models import MODELS, PAPER_PAIRS, paper_scale_limits, roofline  # noqa: E402
+from models import MODELS, PAPER_PAIRS, paper_scale_limits, requests_held, roofline  # noqa: E402
 
 NBYTES = {"float32": 4, "bfloat16": 2}
 PAPER, SHORT = "paper regime", "short context"
@@ -323,8 +323,9 @@ class Engine:
     def holds(self, length: int) -> int:
         """Requests of `length` tokens whose pages fit the KV budget at once
         (vLLM admits more and preempts them as they grow)."""
-        pages = -(-length // self.block_size)
-        return min(self.capacity_tokens // self.block_size // pages, self.max_num_seqs)
+        return min(requests_held(MODELS[self.name], length,
+                                 self.capacity_tokens // self.block_size, self.block_size),
+                   self.max_num_seqs)
 
     def run(self, prompts: list[list[int]], new: int) -> dict:
         from vllm import SamplingParams
@@ -485,11 +486,11 @@ def engine_of(m: dict, engines_info: list) -> dict:
     for e in engines_info:
         if (e["group"], e["model"], e["column"]) == (m["group"], m["model"], m["column"]) \
                 and "kv_capacity_tokens" in e:
-            pages_per_request = -(-(m["prompt"] + m["new"]) // e["block_size"])
+            pages = e["kv_capacity_tokens"] // e["block_size"]
             return {k: e[k] for k in ("kv_capacity_tokens", "block_size", "setting")} | {
-                "kv_pages": e["kv_capacity_tokens"] // e["block_size"],
-                "fits_requests": e["kv_capacity_tokens"] // e["block_size"]
-                // pages_per_request}
+                "kv_pages": pages,
+                "fits_requests": requests_held(MODELS[m["model"]], m["prompt"] + m["new"],
+                                               pages, e["block_size"])}
     return {}
 
 
