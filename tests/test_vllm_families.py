@@ -1,26 +1,39 @@
 """The released checkpoint families through vLLM, against the original
 code's ground truth (tests/fixtures/, made by scripts/make_original_fixtures.py).
 
-- `b1` (L = 1, R = 1, the `block_vanilla_ablation_b1_85` layout): served.
-  The fixture's block decoder has head size 16, which vLLM's CPU attention
-  kernel does not take (the released b1_85 has 64): the engine refuses it at
-  start naming the head size, and vLLM is checked on an L = 1, R = 1 model
-  with head size 32 against the reference model, which
-  tests/test_families_reference.py holds to the fixture (greedy exact,
-  logprobs within 1e-3, fp32, every prompt length 1..3 and longer).
-- no-pad alignment, `projection_layer` and `summation`: not served by vLLM
-  yet; the engine refuses them at start with one error naming the option
-  (never serves them in a layout they were not trained in).
+- `b1` (L = 1, R = 1, the `block_vanilla_ablation_b1_85` layout): its
+  fixture, and an L = 1, R = 1 model with head size 32 against the reference
+  model (with and without fast prefill).
+- `nopad_b4` (the `block_main_b4_{300,800,1.2b}` layout): two engines. One
+  with default scheduling plus prefix caching (pages of 64 tokens), chunked
+  prefill (64-token budget) and the static decode step: every fixture case
+  in one batch, the original forward()'s logits as prompt logprobs, prefix
+  cache hits, short and long layouts of the same tokens in one batch. One
+  with fast prefill, chunks ending at every in-block index and preemption.
+- `projection_layer` and `summation`: not served by vLLM yet; the engine
+  refuses them at start with one error naming the option (never serves them
+  in a layout they were not trained in).
+
+Greedy tokens exact, logprobs within 1e-3 (fp32).
 """
 from __future__ import annotations
 
-import pytest
+import math
 
-from engine import engine_config
-from families import copy_family
+import pytest
+import torch
+
+from engine import (check_against_cases, check_against_reference, engine, engine_config,
+                    greedy_params, metric, token_prompts)
+from families import cases, copy_family, forward_fixture
 from test_vllm_random_configs import check_random_config
+from test_vllm_scheduling import random_prompts
 
 pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
+
+VOCAB = 256  # every family fixture's
+NOPAD = cases("nopad_b4")
+NEW = len(NOPAD[0]["greedy"])
 
 
 def converted(tmp_path_factory, name: str):
@@ -38,14 +51,109 @@ def test_b1_layout_with_fast_prefill_matches_reference(tmp_path):
     check_random_config(tmp_path, 1, 1, 2, 2, 32, kv_sharing_fast_prefill=True)
 
 
-def test_unsupported_block_head_size_is_refused_at_start(tmp_path_factory):
-    with pytest.raises(ValueError, match="block decoder's head size 16 .* not supported"):
-        engine_config(converted(tmp_path_factory, "b1"))
+def test_b1_fixture_matches_ground_truth(tmp_path_factory):
+    """The fixture's block decoder has head size 16, which vLLM's CPU kernel
+    does not take: it runs zero-padded to 32 (block_attention.py)."""
+    b1 = cases("b1")
+    with engine(converted(tmp_path_factory, "b1")) as llm:
+        outputs = llm.generate(token_prompts(c["prompt"] for c in b1),
+                               greedy_params(len(b1[0]["greedy"])))
+    check_against_cases(outputs, b1, vocab_size=VOCAB)
 
 
-@pytest.mark.parametrize("name,option", [("nopad_b4", "alignment='nopad'"),
-                                         ("uptrain_b4", "embedder_projection='projection_layer'"),
+@pytest.mark.parametrize("name,option", [("uptrain_b4", "embedder_projection='projection_layer'"),
                                          ("megabyte_b4", "decoding_strategy='summation'")])
 def test_unserved_family_is_refused_naming_its_option(tmp_path_factory, name, option):
     with pytest.raises(ValueError, match=f"{option} is not served by vLLM"):
         engine_config(converted(tmp_path_factory, name))
+
+
+# -- no-pad alignment ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def nopad_dir(tmp_path_factory):
+    return converted(tmp_path_factory, "nopad_b4")
+
+
+@pytest.fixture(scope="module")
+def nopad_model(nopad_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(nopad_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def nopad_llm(nopad_dir):
+    with engine(nopad_dir, enable_prefix_caching=True, block_size=64,
+                max_num_batched_tokens=64,
+                additional_config={"block_transformer_decode": "static"}) as llm:
+        yield llm
+
+
+def test_nopad_cases_in_one_batch_match_ground_truth(nopad_llm):
+    """Prompts of every length 1..3L (short ones left-padded to one block)
+    and longer, chunked by the 64-token budget; prompt logprobs of the first
+    block's tokens (no prediction) are uniform."""
+    outputs = nopad_llm.generate(token_prompts(c["prompt"] for c in NOPAD), greedy_params(NEW))
+    check_against_cases(outputs, NOPAD, vocab_size=VOCAB)
+
+
+def test_nopad_prompt_logprobs_are_the_original_forward_logits(nopad_llm):
+    """Blocks start at the prompt's first token: prompt token bL+i (b >= 1)
+    is scored by the original forward()'s logits[b-1, i]."""
+    input_ids, logits = forward_fixture("nopad_b4")
+    L = 4
+    outputs = nopad_llm.generate(token_prompts(input_ids.tolist()),
+                                 greedy_params(1, logprobs=None, prompt_logprobs=1))
+    expected = logits.log_softmax(-1)
+    worst = 0.0
+    for ids, want, out in zip(input_ids.tolist(), expected, outputs, strict=True):
+        plp = out.prompt_logprobs
+        assert len(plp) == len(ids) and plp[0] is None
+        for t in range(1, len(ids)):
+            target = want[t // L - 1, t % L, ids[t]].item() if t >= L else -math.log(VOCAB)
+            worst = max(worst, abs(plp[t][ids[t]].logprob - target))
+    assert worst <= 1e-3, worst
+
+
+def test_nopad_prefix_caching_hits_and_keeps_outputs_exact(nopad_llm, nopad_model):
+    shared = random_prompts(2, [150], vocab=VOCAB)[0]
+    prompts = [shared + s for s in random_prompts(3, [1, 2, 3, 5], vocab=VOCAB)]
+    params = greedy_params(20, prompt_logprobs=None)
+    nopad_llm.generate(token_prompts(prompts[:1]), params)
+    rest = nopad_llm.generate(token_prompts(prompts), params)
+    # pages of 64 tokens: the shared 150 tokens give two cached pages each
+    assert all(o.num_cached_tokens >= 128 for o in rest), [o.num_cached_tokens for o in rest]
+    check_against_reference(nopad_model, prompts, rest)
+
+
+def test_nopad_short_and_long_layouts_of_the_same_tokens_in_one_batch(nopad_llm, nopad_model):
+    """A 1-token prompt keeps its 3 virtual pads for its whole life; a long
+    prompt made of the same tokens has none. Both in one batch, each exact in
+    its own layout (that their cached pages are kept apart:
+    tests/test_alignment.py)."""
+    short = [37]
+    (first,) = nopad_llm.generate(token_prompts([short]),
+                                  greedy_params(140, logprobs=None, prompt_logprobs=None))
+    long_prompt = (short + list(first.outputs[0].token_ids))[:131]
+    outputs = nopad_llm.generate(token_prompts([long_prompt, short]),
+                                 greedy_params(12, prompt_logprobs=None))
+    check_against_reference(nopad_model, [long_prompt, short], outputs)
+    assert list(outputs[1].outputs[0].token_ids) == list(first.outputs[0].token_ids)[:12]
+
+
+def test_nopad_fast_prefill_odd_chunks_and_preemption_match_ground_truth(nopad_dir,
+                                                                          nopad_model):
+    # 7-token budget over 3 requests: chunks end at every in-block index;
+    # 12 pages of 64 tokens hold fewer than three of the long requests
+    long_prompts = random_prompts(1, [150, 170, 190, 130], vocab=VOCAB)
+    with engine(nopad_dir, max_num_batched_tokens=7, max_num_seqs=3,
+                long_prefill_token_threshold=5, block_size=64, num_gpu_blocks_override=12,
+                enable_prefix_caching=False, kv_sharing_fast_prefill=True) as llm:
+        params = [greedy_params(NEW, prompt_logprobs=None)] * len(NOPAD) \
+            + [greedy_params(200, prompt_logprobs=None)] * len(long_prompts)
+        outputs = llm.generate(token_prompts([c["prompt"] for c in NOPAD] + long_prompts),
+                               params)
+        assert metric(llm, "vllm:num_preemptions") > 0, "no preemption happened"
+    check_against_cases(outputs[:len(NOPAD)], [{**c, "prompt_logprobs": None} for c in NOPAD])
+    check_against_reference(nopad_model, long_prompts, outputs[len(NOPAD):])
+

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
@@ -178,32 +179,55 @@ def block_attention_backend(underlying: type[AttentionBackend],
 
 
 def platform_backend(head_size: int, dtype: torch.dtype,
-                     kv_cache_dtype: str) -> type[AttentionBackend]:
-    """The platform's paged-attention backend for the block decoder, refusing
-    head sizes its kernel does not take (it would fail at the first step)."""
+                     kv_cache_dtype: str) -> tuple[type[AttentionBackend], int]:
+    """The platform's paged-attention backend for the block decoder and the
+    head size its kernel runs: `head_size`, or the smallest larger one it
+    takes when it does not take `head_size` (small models: the CPU kernel
+    starts at 32). Refuses a head size larger than every one it takes."""
     underlying = get_attn_backend(head_size, dtype, kv_cache_dtype)
     supported = underlying.get_supported_head_sizes()
-    if supported and head_size not in supported:
+    if not supported or head_size in supported:
+        return underlying, head_size
+    larger = [h for h in supported if h > head_size]
+    if not larger:
         raise ValueError(
             f"the block decoder's head size {head_size} (block_hidden_size / "
             f"block_num_attention_heads) is not supported by this platform's attention "
             f"backend {underlying.get_name()} (head sizes {supported})")
-    return underlying
+    return get_attn_backend(min(larger), dtype, kv_cache_dtype), min(larger)
 
 
 class BlockDecoderAttention(Attention):
     """Paged attention over block entries: one KV entry per `block_length`
-    tokens. Called with the q/k/v of the step's block rows only."""
+    tokens. Called with the q/k/v of the step's block rows only.
+
+    A head size the platform's kernel does not take is zero-padded to one it
+    does (`platform_backend`): zero query and key dims add nothing to the
+    scores, which keep the model's scale, and zero value dims give zero
+    outputs, which are dropped; the KV cache holds the padded heads."""
 
     def __init__(self, num_heads: int, head_size: int, *, block_length: int, cache_config,
                  planner: StepPlanner, prefix: str) -> None:
         self.block_length = block_length
         kv_cache_dtype = cache_config.cache_dtype if cache_config else "auto"
-        underlying = platform_backend(head_size, torch.get_default_dtype(), kv_cache_dtype)
-        super().__init__(num_heads, head_size, head_size ** -0.5, cache_config=cache_config,
-                         prefix=prefix,
+        underlying, kernel_head_size = platform_backend(head_size, torch.get_default_dtype(),
+                                                        kv_cache_dtype)
+        super().__init__(num_heads, kernel_head_size, head_size ** -0.5,
+                         cache_config=cache_config, prefix=prefix,
                          attn_backend=block_attention_backend(underlying, block_length))
+        self.model_head_size = head_size
         self.planner = planner  # the metadata builder's source of the step's plan
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                *args, **kwargs) -> torch.Tensor:
+        """q, k, v: [rows, heads * model head size]."""
+        pad = self.head_size - self.model_head_size
+        if not pad:
+            return super().forward(query, key, value, *args, **kwargs)
+        query, key, value = (F.pad(t.view(len(t), -1, self.model_head_size), (0, pad))
+                             .flatten(1) for t in (query, key, value))
+        out = super().forward(query, key, value, *args, **kwargs)
+        return out.view(len(out), -1, self.head_size)[..., :self.model_head_size].flatten(1)
 
     def get_kv_cache_spec(self, vllm_config: VllmConfig):
         spec = super().get_kv_cache_spec(vllm_config)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.linear import ColumnParallelLinear
+from vllm.model_executor.layers.linear import ColumnParallelLinear, ReplicatedLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
                                                                  VocabParallelEmbedding)
@@ -55,6 +55,12 @@ class BlockTransformerForCausalLM(nn.Module):
         self.planner = StepPlanner(vllm_config)
         self.embedder = VocabParallelEmbedding(config.vocab_size, config.embedder_hidden_size,
                                                prefix=f"{prefix}embedder")
+        # "projection_layer": a block's L pieces, concatenated, through a
+        # linear layer with bias (the original Conv1d, kernel = stride = L)
+        self.embed_projection = ReplicatedLinear(
+            self.L * config.embedder_hidden_size, config.block_hidden_size, bias=True,
+            quant_config=quant_config, prefix=f"{prefix}embed_projection",
+        ) if config.embedder_projection == "projection_layer" else None
         self.block_decoder = BlockDecoder(config, vllm_config.cache_config, quant_config,
                                           vllm_config.model_config.max_model_len,
                                           self.planner, prefix=f"{prefix}block_decoder")
@@ -104,8 +110,9 @@ class BlockTransformerForCausalLM(nn.Module):
     def exact_step(self, input_ids: torch.Tensor, plan: StepPlan) -> torch.Tensor:
         """Any step, on exactly the rows its host-built plan lists."""
         ids = input_ids[:plan.num_tokens]  # tokens beyond are padding
-        # every row vLLM reads is written (padding rows are never read)
-        out = torch.empty(input_ids.shape[0], self.config.token_hidden_size,
+        # tokens without a row have no context (block 0 of a request with
+        # fewer than L - 1 pads): hidden state 0, i.e. zero logits
+        out = torch.zeros(input_ids.shape[0], self.config.token_hidden_size,
                           dtype=self.lm_head.weight.dtype, device=input_ids.device)
         pieces = self.embedder(ids)  # [T, D_block / L]
         prefix_rows = self._exact_prefix_rows(pieces, plan)
@@ -128,7 +135,7 @@ class BlockTransformerForCausalLM(nn.Module):
             stored = torch.cat([stored, stored[:, :1]], 1)
             emb = torch.where(plan.piece_in_step[..., None], emb,
                               torch.where(plan.piece_is_pad[..., None], self._pad(), stored))
-        ctx = self.block_decoder(emb.reshape(num_blocks, -1), plan.end_block)
+        ctx = self.block_decoder(self._block_embedding(emb), plan.end_block)
         if not plan.all_ends_have_rows:
             ctx = ctx[plan.end_with_rows]
         return self.expansion(ctx)[0].reshape(-1, hidden_size)
@@ -157,13 +164,14 @@ class BlockTransformerForCausalLM(nn.Module):
         ids = ids[:B]
         closes = plan.closes != 0
         emb, piece = self._static_block_embeddings(self.embedder(ids), plan, closes, stored)
-        ctx = self.block_decoder(emb.reshape(B, -1), plan.block_pos)
+        ctx = self.block_decoder(self._block_embedding(emb), plan.block_pos)
         prefix_rows = self.expansion(ctx)[0].view(B, R, hidden_size)
         rows = torch.where(closes[:, None, None], prefix_rows,
                            self.token_embed(ids)[:, None, :])
         hidden = self.token_decoder(rows.view(B * R, hidden_size), plan.row_pos.reshape(-1),
                                     plan.out_row)
-        return hidden, piece
+        # a token of block 0 without context (see step_plan.py): zero logits
+        return torch.where(plan.has_context[:, None] != 0, hidden, 0), piece
 
     def _static_block_embeddings(self, pieces: torch.Tensor, plan: DecodePlan,
                                  closes: torch.Tensor, stored: torch.Tensor | None
@@ -187,6 +195,14 @@ class BlockTransformerForCausalLM(nn.Module):
             out = self.exact_step(torch.zeros_like(input_ids), plan)
         self.profiled = (len(plan.row_pos), plan.num_blocks)
         return out.zero_()
+
+    def _block_embedding(self, pieces: torch.Tensor) -> torch.Tensor:
+        """[blocks, L, D_embed] pieces -> [blocks, D_block] block embeddings:
+        concatenated, then projected for the "projection_layer" embedder."""
+        emb = pieces.flatten(1)
+        if self.embed_projection is None:
+            return emb
+        return self.embed_projection(emb)[0]
 
     def _pad(self) -> torch.Tensor:
         """The virtual pad token's embedding piece, computed once."""

@@ -10,6 +10,14 @@ engine, created by the model and handed to its cache layers, decides once per
 step whether the step is exact or static, builds the host (numpy) plan once
 and uploads it once; every builder finds it through its layers and derives
 its group's metadata from that plan (`Step`).
+
+Per-request virtual pads (`config.py`'s alignment rule): a "nopad" model's
+request shorter than one block keeps `L - T` pad tokens for its whole life,
+so the plan needs each request's prompt length, which vLLM's attention
+metadata does not carry. `alignment.VirtualPads`, a no-op logits processor,
+keeps `StepPlanner.virtual_pads` (persistent-batch index -> pad count, for
+requests whose count is not the model's usual one) up to date from vLLM's
+`BatchUpdate`s, which the runner applies before it builds the metadata.
 """
 from __future__ import annotations
 
@@ -43,7 +51,12 @@ class StepPlanner:
 
     def __init__(self, vllm_config: VllmConfig) -> None:
         hf = vllm_config.model_config.hf_config
-        self.block_length, self.prefix_length = hf.block_length, hf.prefix_length
+        # the plan's lead positions per block (R for "prefix", 1 for "summation")
+        self.block_length, self.prefix_length = hf.block_length, hf.token_lead_length
+        # batch index -> virtual pad count where it is not `usual_pad`
+        # (kept by alignment.VirtualPads; empty for "pad" models)
+        self.virtual_pads: dict[int, int] = {}
+        self.usual_pad = hf.virtual_pad(hf.max_position_embeddings)
         self.mode = StepMode.of(vllm_config)
         self.fast_prefill = fast_prefill.enabled(vllm_config)  # skip prompt rows
         self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
@@ -58,20 +71,29 @@ class StepPlanner:
         n = common.num_reqs
         query_start_loc = common.query_start_loc_cpu[:n + 1].numpy().astype(np.int64)
         seq = common.seq_lens_cpu_upper_bound[:n].numpy().astype(np.int64)
-        key = query_start_loc.tobytes() + b"|" + seq.tobytes()
+        num_pad = self.num_pad(n)
+        key = query_start_loc.tobytes() + b"|" + seq.tobytes() + b"|" + num_pad.tobytes()
         if self._last is None or self._last[0] != key:
-            self._last = (key, self._build(query_start_loc, seq, device))
+            self._last = (key, self._build(query_start_loc, seq, num_pad, device))
         return self._last[1]
 
-    def _build(self, query_start_loc: np.ndarray, seq: np.ndarray,
+    def num_pad(self, n: int) -> np.ndarray:
+        """[n] each request's virtual pad count (batch order)."""
+        num_pad = np.full(n, self.usual_pad, dtype=np.int64)
+        for index, pad in self.virtual_pads.items():
+            if index < n:
+                num_pad[index] = pad
+        return num_pad
+
+    def _build(self, query_start_loc: np.ndarray, seq: np.ndarray, num_pad: np.ndarray,
                device: torch.device) -> Step:
         L, R = self.block_length, self.prefix_length
         if self.mode.static_decode and is_uniform_decode(query_start_loc):
-            host = build_decode_plan(seq, L, R)
+            host = build_decode_plan(seq, L, R, num_pad)
             return Step(True, host, self._decode_buffer(device).upload(host),
-                        decode_block_queries(host, seq, L))
-        host = build_step_plan(query_start_loc, seq, L, R, self.fast_prefill)
-        return Step(False, host, host.to(device), step_block_queries(host, seq, L))
+                        decode_block_queries(host, seq, L, num_pad))
+        host = build_step_plan(query_start_loc, seq, L, R, self.fast_prefill, num_pad)
+        return Step(False, host, host.to(device), step_block_queries(host, seq, L, num_pad))
 
     def _decode_buffer(self, device: torch.device) -> DecodePlanBuffer:
         if self.decode_buffer is None:

@@ -52,7 +52,7 @@ def _engine_config_hook():
         def verify_and_update_config(vllm_config) -> None:
             from vllm.platforms import current_platform
 
-            from . import fast_prefill, quantization, step_mode
+            from . import alignment, fast_prefill, quantization, step_mode
 
             _choose_block_size(vllm_config)
             _refuse_unsupported(vllm_config)
@@ -63,6 +63,8 @@ def _engine_config_hook():
             step_mode.configure_engine(vllm_config, on_cuda=current_platform.is_cuda())
             if fast_prefill.enabled(vllm_config):
                 fast_prefill.install_guard(vllm_config)
+            # a "nopad" model's short prompts: per-request pads (alignment.py)
+            alignment.configure_engine(vllm_config)
             MambaModelConfig.verify_and_update_config(vllm_config)
 
     return BlockTransformerEngineConfig
@@ -82,7 +84,7 @@ def _choose_block_size(vllm_config) -> None:
 
 # What the vLLM model serves of each checkpoint option (config.py); the
 # reference model (`vllm-block reference-generate`) serves them all.
-SERVED = {"alignment": "pad", "embedder_projection": "concat", "decoding_strategy": "prefix"}
+SERVED = {"embedder_projection": "concat", "decoding_strategy": "prefix"}
 
 
 def _refuse_unsupported(vllm_config) -> None:
@@ -109,7 +111,8 @@ def _refuse_unsupported(vllm_config) -> None:
 
 def _check_block_head_size(vllm_config) -> None:
     """In the engine's process, before any worker starts (the same check runs
-    again where the layer picks its backend)."""
+    again where the layer picks its backend): a head size larger than every
+    one the platform's kernel takes is refused; smaller ones are padded."""
     from vllm.config import set_current_vllm_config
 
     from .block_attention import platform_backend

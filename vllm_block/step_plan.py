@@ -7,9 +7,17 @@ exact here because speculative decoding is refused). So the plan is built on
 the host with numpy, uploaded in one copy, and the model's forward reads index
 tensors and host ints: no device->host sync, no data-dependent branch.
 
-Alignment (see `config.py`): token p has in-block index (p + L - 1) % L and
-closes a block when that is L - 1; its hidden state is then the output of
-the next block's last prefix position.
+Alignment (see `config.py`): each request has `num_pad` virtual pad tokens
+before its first token (L - 1 when no per-request count is given); token p
+has in-block index (p + num_pad) % L and closes a block when that is L - 1;
+its hidden state is then the output of the next block's last lead position.
+A token of block 0 that does not close it has no context to be predicted
+from (only when num_pad < L - 1): it gets no token-decoder row and its hidden
+state is zero (zero logits: the uniform distribution).
+
+`prefix_length` below is the number of token-decoder positions before a
+block's first token (`BlockTransformerConfig.token_lead_length`: R for
+"prefix", 1 for "summation"); the plan's shape does not depend on which.
 """
 from __future__ import annotations
 
@@ -90,31 +98,36 @@ class _StepTokens:
     last_block: np.ndarray  # [n] its open block after the step (fresh if the last closed)
 
     @classmethod
-    def of(cls, query_start_loc: np.ndarray, seq_lens: np.ndarray, L: int) -> "_StepTokens":
+    def of(cls, query_start_loc: np.ndarray, seq_lens: np.ndarray, L: int,
+           num_pad: np.ndarray | None = None) -> "_StepTokens":
         starts = np.asarray(query_start_loc, dtype=np.int64)
         seq = np.asarray(seq_lens, dtype=np.int64)
         num_scheduled = np.diff(starts)
         req = np.repeat(np.arange(len(seq)), num_scheduled)
         first, last = starts[:-1], starts[1:] - 1
         positions = (seq - num_scheduled)[req] + np.arange(int(starts[-1])) - first[req]
-        j = index_in_block(positions, L)
-        block = padded_index(positions, L) // L
+        pad = None if num_pad is None else np.asarray(num_pad, dtype=np.int64)[req]
+        j = index_in_block(positions, L, pad)
+        block = padded_index(positions, L, pad) // L
         return cls(req, positions, j, block, first, block[last] + (j[last] == L - 1))
 
 
 def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_length: int,
-                    prefix_length: int, last_windows_only: bool = False) -> StepPlan:
+                    prefix_length: int, last_windows_only: bool = False,
+                    num_pad: np.ndarray | None = None) -> StepPlan:
     """The plan of one step from each request's token range in the step
-    (`query_start_loc`, [n + 1]) and its length after the step (`seq_lens`, [n]).
+    (`query_start_loc`, [n + 1]), its length after the step (`seq_lens`, [n])
+    and its virtual pad count (`num_pad`, [n]; None: L - 1 for every request).
 
     `last_windows_only` (fast prefill) keeps just the token-decoder rows of
     each request's open window after the step: they make its stored state and
     hold its last token's hidden state (the one vLLM samples from). The other
     prompt positions' outputs are only needed for prompt logprobs."""
     L, R = block_length, prefix_length
-    t = _StepTokens.of(query_start_loc, seq_lens, L)
+    t = _StepTokens.of(query_start_loc, seq_lens, L, num_pad)
     ends = t.j == L - 1
-    block_end, open_token = np.flatnonzero(ends), np.flatnonzero(~ends)
+    # an open token of block 0 has no context: no row (its hidden state is 0)
+    block_end, open_token = np.flatnonzero(ends), np.flatnonzero(~ends & (t.block > 0))
     back = np.arange(L - 1, -1, -1)  # piece k is L-1-k tokens back
     src_pos = t.positions[block_end, None] - back
     end_req = t.req[block_end]
@@ -157,9 +170,11 @@ def _windows(t: _StepTokens, open_rows: np.ndarray, end_rows: np.ndarray, R: int
     row_block = np.concatenate([t.block[open_rows], np.repeat(t.block[end_rows] + 1, R)])
     row_pos = np.concatenate([R + t.j[open_rows], np.tile(np.arange(R), len(end_rows))])
     # the first window continues the stored state when the step starts
-    # mid-block: its positions before the first new one are cached
+    # mid-block (not at a request's first token): its positions before the
+    # first new one are cached
     j_first = t.j[t.first]
-    continues = (win_block == b_first[win_req]) & (j_first[win_req] < L - 1)
+    mid_block = (j_first < L - 1) & (t.positions[t.first] > 0)
+    continues = (win_block == b_first[win_req]) & mid_block[win_req]
     win_from_state = continues[:, None] & (np.arange(S) < (R + j_first[win_req])[:, None])
     row_win = win_start[row_req] + row_block - win_first[row_req]
     blank_win, blank_pos = np.nonzero(~win_from_state.reshape(-1, S))
@@ -196,36 +211,41 @@ class DecodePlan:
     kv_col: np.ndarray  # [B, R] window column each row writes K/V to (S: scratch)
     from_state: np.ndarray  # [B, S + 1] bool: window column read from the state
     out_row: np.ndarray  # [B] flat row (b * R + r) holding request b's hidden state
+    has_context: np.ndarray  # [B] bool: the token has a prediction (else its hidden is 0)
 
     @property
     def batch_size(self) -> int:
         return len(self.closes)
 
 
-def build_decode_plan(seq_lens: np.ndarray, block_length: int,
-                      prefix_length: int) -> DecodePlan:
+def build_decode_plan(seq_lens: np.ndarray, block_length: int, prefix_length: int,
+                      num_pad: np.ndarray | None = None) -> DecodePlan:
     """The static plan of a step in which every request has one new token,
     from each request's length after the step (0: a padded request, which
-    reads and writes only what nobody reads)."""
+    reads and writes only what nobody reads) and virtual pad count (`num_pad`
+    as in `build_step_plan`)."""
     L, R = block_length, prefix_length
     S = window_size(L, R)
     seq = np.asarray(seq_lens, dtype=np.int64)
     B = len(seq)
     pos = seq - 1
-    j = index_in_block(pos, L)
+    j = index_in_block(pos, L, num_pad)
+    block = padded_index(pos, L, num_pad) // L
     closes = (j == L - 1) & (seq > 0)
-    opened = (j != L - 1) & (seq > 0)  # padded requests are neither: all rows scratch
+    # padded requests, and open tokens of block 0 (no context), are neither:
+    # all their rows are scratch
+    opened = (j != L - 1) & (seq > 0) & (block > 0)
     row_pos = np.where(closes[:, None], np.arange(R), 0)
     row_pos[opened, 0] = R + j[opened]
     kv_col = np.where(closes[:, None], np.arange(R), S)
     kv_col[opened, 0] = R + j[opened]
     from_state = opened[:, None] & (np.arange(S + 1) < np.where(opened, R + j, 0)[:, None])
     return DecodePlan(
-        closes=closes, block_pos=np.maximum(padded_index(pos, L) // L, 0),
+        closes=closes, block_pos=np.maximum(block, 0),
         piece_is_pad=(pos[:, None] - np.arange(L - 1, -1, -1)) < 0,
         pending_idx=np.minimum(j, max(L - 2, 0)), row_pos=row_pos, kv_col=kv_col,
         from_state=from_state,
-        out_row=np.arange(B) * R + np.where(closes, R - 1, 0))
+        out_row=np.arange(B) * R + np.where(closes, R - 1, 0), has_context=closes | opened)
 
 
 def worst_case_plan(num_tokens: int, max_num_seqs: int, block_length: int,
@@ -310,26 +330,30 @@ class BlockQueries:
         return int(np.diff(self.query_start_loc).max(initial=0))
 
 
-def step_block_queries(plan: StepPlan, seq_lens: np.ndarray, block_length: int) -> BlockQueries:
+def step_block_queries(plan: StepPlan, seq_lens: np.ndarray, block_length: int,
+                       num_pad: np.ndarray | None = None) -> BlockQueries:
     """The exact step: one query per closing token (`plan.block_end`, token
     order, hence grouped by request)."""
     n = len(seq_lens)
     per_request = np.bincount(plan.end_req, minlength=n)
     query_start_loc = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(per_request, out=query_start_loc[1:])
-    return BlockQueries(query_start_loc, _blocks_after(seq_lens, block_length), plan.end_req,
-                        plan.end_block, np.ones(len(plan.end_req), dtype=bool))
+    return BlockQueries(query_start_loc, _blocks_after(seq_lens, block_length, num_pad),
+                        plan.end_req, plan.end_block, np.ones(len(plan.end_req), dtype=bool))
 
 
-def decode_block_queries(plan: DecodePlan, seq_lens: np.ndarray,
-                         block_length: int) -> BlockQueries:
+def decode_block_queries(plan: DecodePlan, seq_lens: np.ndarray, block_length: int,
+                         num_pad: np.ndarray | None = None) -> BlockQueries:
     """The static decode step: one query per request (padded ones included,
     which have no blocks); only closing tokens write."""
     B = plan.batch_size
-    return BlockQueries(np.arange(B + 1, dtype=np.int32), _blocks_after(seq_lens, block_length),
-                        np.arange(B), np.where(plan.closes, plan.block_pos, 0), plan.closes)
+    return BlockQueries(np.arange(B + 1, dtype=np.int32),
+                        _blocks_after(seq_lens, block_length, num_pad), np.arange(B),
+                        np.where(plan.closes, plan.block_pos, 0), plan.closes)
 
 
-def _blocks_after(seq_lens: np.ndarray, block_length: int) -> np.ndarray:
-    return num_complete_blocks(np.asarray(seq_lens, dtype=np.int64),
-                               block_length).astype(np.int32)
+def _blocks_after(seq_lens: np.ndarray, block_length: int,
+                  num_pad: np.ndarray | None) -> np.ndarray:
+    """Each request's complete blocks; a padded request (length 0) has none."""
+    seq = np.asarray(seq_lens, dtype=np.int64)
+    return np.where(seq > 0, num_complete_blocks(seq, block_length, num_pad), 0).astype(np.int32)
