@@ -18,13 +18,15 @@ from vllm_block.step_plan import (DecodePlanBuffer, build_decode_plan, build_ste
                                   is_uniform_decode, worst_case_plan)
 
 
-def exact_plan(seq_lens: list[int], L: int, R: int, fast: bool = False):
-    return build_step_plan(np.arange(len(seq_lens) + 1), np.array(seq_lens), L, R, fast)
+def exact_plan(seq_lens: list[int], L: int, R: int, fast: bool = False, num_pad=None):
+    return build_step_plan(np.arange(len(seq_lens) + 1), np.array(seq_lens), L, R, fast,
+                           num_pad)
 
 
-def check_agrees_with_exact_plan(seq_lens: list[int], L: int, R: int) -> None:
+def check_agrees_with_exact_plan(seq_lens: list[int], L: int, R: int, num_pad=None) -> None:
     S = R + L - 1
-    plan, exact = build_decode_plan(np.array(seq_lens), L, R), exact_plan(seq_lens, L, R)
+    plan = build_decode_plan(np.array(seq_lens), L, R, num_pad)
+    exact = exact_plan(seq_lens, L, R, num_pad=num_pad)
     B = len(seq_lens)
     assert plan.batch_size == B
     for field, width in (("row_pos", R), ("kv_col", R), ("from_state", S + 1),
@@ -34,12 +36,14 @@ def check_agrees_with_exact_plan(seq_lens: list[int], L: int, R: int) -> None:
     assert list(plan.block_pos[plan.closes]) == list(exact.end_block)
     assert np.array_equal(plan.piece_is_pad[plan.closes], exact.piece_is_pad)
     # the row holding each request's hidden state sits at the same window position
+    # (a token without context, in block 0, has none: zero logits)
     exact_out = dict(zip(exact.out_token, exact.row_pos[exact.out_row]))
-    assert [plan.row_pos.flat[plan.out_row[b]] for b in range(B)] == \
-        [exact_out[b] for b in range(B)]
+    assert list(np.flatnonzero(plan.has_context)) == sorted(exact_out)
+    assert [plan.row_pos.flat[plan.out_row[b]] for b in exact_out] == list(exact_out.values())
     # each request's window reads the same stored columns, and writes the new
     # rows where the exact plan writes them (spare rows: the scratch column)
-    for b in range(B):
+    # (a window of block 0 without context is never read: not compared)
+    for b in np.flatnonzero(plan.has_context):
         win = exact.last_win[b]
         assert np.array_equal(plan.from_state[b, :S], exact.win_from_state[win]), b
         assert not plan.from_state[b, S]
@@ -60,6 +64,17 @@ def test_decode_plan_agrees_with_the_exact_plan(seed):
     # one-token prompts (length 1) and decodes at every block phase
     seq_lens = [rng.choice([1, rng.randint(2, 400)]) for _ in range(rng.randint(1, 70))]
     check_agrees_with_exact_plan(seq_lens, L, R)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_decode_plan_agrees_with_the_exact_plan_per_request_pads(seed):
+    """A "nopad" model's requests: 0 pads, or L - T for a short prompt; a
+    single-token step of a long prompt's first block has no context."""
+    rng = random.Random(seed)
+    L, R = rng.randint(2, 8), rng.randint(1, 4)
+    seq_lens = [rng.choice([1, 2, rng.randint(2, 400)]) for _ in range(rng.randint(1, 70))]
+    num_pad = np.array([rng.randrange(L) for _ in seq_lens])
+    check_agrees_with_exact_plan(seq_lens, L, R, num_pad)
 
 
 @pytest.mark.parametrize("L,R", [(1, 1), (4, 2), (8, 4)])
