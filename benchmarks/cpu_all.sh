@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of docs/benchmarks.md in one command
-# (about 100 min on 2 cores; --long: throughput.py --scale cpu-long too, another hour):
+# (about 2 hours on 2 cores; --long: throughput.py --scale cpu-long too, another hour):
 #
 #   bash benchmarks/cpu_all.sh [--long]
 #

@@ -33,7 +33,7 @@ maximum concurrency reached, this machine's peak FLOP/s and memory bandwidth,
 and the roofline limit of every run. Writes JSON and PNG plots.
 
     python benchmarks/throughput.py                 # --scale cpu (about 19 min, 2 cores)
-    python benchmarks/throughput.py --scale cpu-max   # batch maximised, 4 GiB (50 min)
+    python benchmarks/throughput.py --scale cpu-max   # batch maximised, 4 GiB (85 min)
     python benchmarks/throughput.py --scale cpu-long  # more requests, pairs, repeats
     python benchmarks/throughput.py --scale paper   # the paper's sizes (GPU)
     python benchmarks/throughput.py --scale tiny --out /tmp/b   # code path only (tests)
@@ -114,7 +114,7 @@ SCALES = {
                 ("float32", PAIR, dict(SHORT_CPU, hf=False, **FAST_ONLY)),
                 ("bfloat16", PAIR, dict(SHORT_CPU, hf=False, **GPTJ, **FAST_ONLY))],
     ),
-    # the paper's method (about 50 min on 2 cores)
+    # the paper's method (about 85 min on 2 cores)
     "cpu-max": dict(hf_requests=0, max_num_batched_tokens=2048, repeats=1,
                     groups=[("bfloat16", PAIR, paper_regime(**CPU_BATCH_MAX)),
                             ("float32", PAIR, paper_regime(**CPU_BATCH_MAX))]),
