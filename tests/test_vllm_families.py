@@ -10,9 +10,10 @@ code's ground truth (tests/fixtures/, made by scripts/make_original_fixtures.py)
   in one batch, the original forward()'s logits as prompt logprobs, prefix
   cache hits, short and long layouts of the same tokens in one batch. One
   with fast prefill, chunks ending at every in-block index and preemption.
-- `projection_layer` and `summation`: not served by vLLM yet; the engine
-  refuses them at start with one error naming the option (never serves them
-  in a layout they were not trained in).
+- `uptrain_b4` (`projection_layer`) and `megabyte_b4` (`summation`, token
+  decoder narrower than the block decoder): one engine as vLLM ships (every
+  fixture case with prompt logprobs), one with fast prefill, odd chunks,
+  preemption and prefix caching.
 
 Greedy tokens exact, logprobs within 1e-3 (fp32).
 """
@@ -23,7 +24,7 @@ import math
 import pytest
 import torch
 
-from engine import (check_against_cases, check_against_reference, engine, engine_config,
+from engine import (check_against_cases, check_against_reference, engine,
                     greedy_params, metric, token_prompts)
 from families import cases, copy_family, forward_fixture
 from test_vllm_random_configs import check_random_config
@@ -59,13 +60,6 @@ def test_b1_fixture_matches_ground_truth(tmp_path_factory):
         outputs = llm.generate(token_prompts(c["prompt"] for c in b1),
                                greedy_params(len(b1[0]["greedy"])))
     check_against_cases(outputs, b1, vocab_size=VOCAB)
-
-
-@pytest.mark.parametrize("name,option", [("uptrain_b4", "embedder_projection='projection_layer'"),
-                                         ("megabyte_b4", "decoding_strategy='summation'")])
-def test_unserved_family_is_refused_naming_its_option(tmp_path_factory, name, option):
-    with pytest.raises(ValueError, match=f"{option} is not served by vLLM"):
-        engine_config(converted(tmp_path_factory, name))
 
 
 # -- no-pad alignment ----------------------------------------------------------
@@ -157,3 +151,50 @@ def test_nopad_fast_prefill_odd_chunks_and_preemption_match_ground_truth(nopad_d
     check_against_cases(outputs[:len(NOPAD)], [{**c, "prompt_logprobs": None} for c in NOPAD])
     check_against_reference(nopad_model, long_prompts, outputs[len(NOPAD):])
 
+
+# -- the other families: one engine as vLLM ships, one under pressure ------------
+SERVED = ["uptrain_b4", "megabyte_b4"]
+
+
+@pytest.fixture(scope="module", params=SERVED)
+def family(request, tmp_path_factory):
+    """(name, converted dir, reference model) of a family fixture."""
+    from transformers import AutoModelForCausalLM
+
+    path = converted(tmp_path_factory, request.param)
+    return request.param, path, AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32).eval()
+
+
+def test_family_cases_match_ground_truth(family):
+    """Prompts of every length 1..3L and longer, in one batch, with prompt logprobs."""
+    name, path, _ = family
+    expected = cases(name)
+    with engine(path) as llm:
+        outputs = llm.generate(token_prompts(c["prompt"] for c in expected),
+                               greedy_params(len(expected[0]["greedy"])))
+    check_against_cases(outputs, expected, vocab_size=VOCAB)
+
+
+def test_family_fast_prefill_odd_chunks_preemption_and_prefix_caching(family):
+    """Fast prefill; a 7-token budget over 3 requests (chunks end at every
+    in-block index); 12 pages of 64 tokens (preemption); prefix caching."""
+    name, path, model = family
+    expected = [{**c, "prompt_logprobs": None} for c in cases(name)]
+    long_prompts = random_prompts(1, [150, 170, 190, 130], vocab=VOCAB)
+    shared = random_prompts(2, [150], vocab=VOCAB)[0]
+    cached = [shared + s for s in random_prompts(3, [1, 2, 3, 5], vocab=VOCAB)]
+    with engine(path, max_num_batched_tokens=7, max_num_seqs=3, long_prefill_token_threshold=5,
+                block_size=64, num_gpu_blocks_override=12, enable_prefix_caching=True,
+                kv_sharing_fast_prefill=True) as llm:
+        params = [greedy_params(len(expected[0]["greedy"]), prompt_logprobs=None)] \
+            * len(expected) + [greedy_params(200, prompt_logprobs=None)] * len(long_prompts)
+        outputs = llm.generate(token_prompts([c["prompt"] for c in expected] + long_prompts),
+                               params)
+        assert metric(llm, "vllm:num_preemptions") > 0, "no preemption happened"
+        llm.generate(token_prompts(cached[:1]), greedy_params(8, prompt_logprobs=None))
+        hits = llm.generate(token_prompts(cached), greedy_params(8, prompt_logprobs=None))
+    check_against_cases(outputs[:len(expected)], expected)
+    check_against_reference(model, long_prompts, outputs[len(expected):])
+    assert all(o.num_cached_tokens >= 128 for o in hits), [o.num_cached_tokens for o in hits]
+    check_against_reference(model, cached, hits)

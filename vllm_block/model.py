@@ -78,16 +78,19 @@ class BlockTransformerForCausalLM(nn.Module):
                                       prefix=f"{prefix}lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
         self.pad_piece: torch.Tensor | None = None  # the virtual pad's embedding piece
+        self.summation = config.decoding_strategy == "summation"
+        self.start_embedding: torch.Tensor | None = None  # "summation"'s start token
         self.decode_step = self._static_forward
         if self.planner.mode.compile_decode:
             self.decode_step = compile_static_step(self._static_forward, vllm_config)
         self.profiled: tuple[int, int] | None = None  # (rows, blocks) of the last profile
 
-    @classmethod
-    def get_mamba_state_copy_funcs(cls, mamba_types):
-        """Prefix caching (align mode) snapshots whole token-decoder states."""
+    def get_mamba_state_copy_funcs(self, mamba_types):
+        """Prefix caching (align mode) snapshots whole token-decoder states:
+        every state tensor (window, pieces, and "summation"'s addends)."""
         from vllm.model_executor.layers.mamba.mamba_utils import get_temporal_copy_spec
-        return {t: (get_temporal_copy_spec, get_temporal_copy_spec) for t in mamba_types}
+        num_states = len(self.token_decoder.pieces.shapes)
+        return {t: (get_temporal_copy_spec,) * num_states for t in mamba_types}
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.token_embed(input_ids)
@@ -115,20 +118,50 @@ class BlockTransformerForCausalLM(nn.Module):
         out = torch.zeros(input_ids.shape[0], self.config.token_hidden_size,
                           dtype=self.lm_head.weight.dtype, device=input_ids.device)
         pieces = self.embedder(ids)  # [T, D_block / L]
-        prefix_rows = self._exact_prefix_rows(pieces, plan)
+        expanded = self._exact_expanded(pieces, plan)  # [E', R, hidden]
         if self.L > 1 and len(plan.pending_token):
             self.token_decoder.pieces.store_pieces(plan.pending_req, plan.pending_idx,
                                                    pieces[plan.pending_token])
-        rows = torch.cat([self.token_embed(ids[plan.open_rows]), prefix_rows])
+        rows = torch.cat([self._exact_open_inputs(ids, expanded, plan),
+                          self._lead_inputs(expanded).flatten(0, 1)])
+        if self.summation and self.L > 1 and len(plan.addend_end):
+            self.token_decoder.pieces.store_addends(plan.addend_req,
+                                                    expanded[plan.addend_end, 1:])
         out[plan.out_token] = self.token_decoder(rows, plan.row_pos, plan.out_row)
         return out
 
-    def _exact_prefix_rows(self, pieces: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        """The block decoder on the blocks the step closes, expanded into the
-        next blocks' R prefix rows each."""
+    def _lead_inputs(self, expanded: torch.Tensor) -> torch.Tensor:
+        """[n, R, hidden] expansions -> [n, lead, hidden] token-decoder inputs
+        before a block's first token: the R prefix vectors ("prefix"), or the
+        start token's embedding + vector 0 ("summation")."""
+        if self.summation:
+            return expanded[:, :1] + self._start()
+        return expanded
+
+    def _exact_open_inputs(self, ids: torch.Tensor, expanded: torch.Tensor,
+                           plan: StepPlan) -> torch.Tensor:
+        """Inputs of the open tokens' rows: their embeddings, plus for
+        "summation" expansion vector j+1 of their block's context (computed
+        this step, or stored when that block opened in an earlier one)."""
+        x = self.token_embed(ids[plan.open_rows])
+        num_open = len(plan.open_rows)
+        if not self.summation or not num_open:
+            return x
+        j = plan.row_pos[:num_open] - 1  # in-block index
+        request = plan.win_req[plan.row_win[:num_open]]
+        rows = torch.arange(num_open, device=x.device)
+        addend = self.token_decoder.pieces.stored_addends(request)[rows, j]
+        if len(expanded):
+            fresh = expanded[plan.open_opener.clamp(min=0), j + 1]
+            addend = torch.where((plan.open_opener >= 0)[:, None], fresh, addend)
+        return x + addend
+
+    def _exact_expanded(self, pieces: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+        """The block decoder on the blocks the step closes, expanded: [E', R,
+        hidden] for the closed blocks whose next block's rows are computed."""
         hidden_size, num_blocks = self.config.token_hidden_size, plan.num_blocks
         if not num_blocks:
-            return pieces.new_empty(0, hidden_size)
+            return pieces.new_empty(0, self.R, hidden_size)
         emb = pieces[plan.piece_src_token]  # [E, L, D/L]
         if self.L > 1:  # piece L-1 is always in the step
             stored = self.token_decoder.pieces.stored_pieces(plan.end_req)  # [E, L-1, D/L]
@@ -138,7 +171,7 @@ class BlockTransformerForCausalLM(nn.Module):
         ctx = self.block_decoder(self._block_embedding(emb), plan.end_block)
         if not plan.all_ends_have_rows:
             ctx = ctx[plan.end_with_rows]
-        return self.expansion(ctx)[0].reshape(-1, hidden_size)
+        return self.expansion(ctx)[0].view(len(ctx), self.R, hidden_size)
 
     # -- the static step -----------------------------------------------------
     def static_step(self, ids: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
@@ -149,29 +182,36 @@ class BlockTransformerForCausalLM(nn.Module):
         state, and a compiled graph may not mutate one of two aliased inputs."""
         owner = self.token_decoder.pieces
         stored = owner.stored_pieces() if self.L > 1 else None  # [B, L-1, D/L]
-        hidden, piece = self.decode_step(ids, plan, stored)
+        addends = owner.stored_addends() if self.summation and self.L > 1 else None
+        hidden, piece, addends = self.decode_step(ids, plan, stored, addends)
         if self.L > 1:
             owner.store_pieces(None, plan.pending_idx, piece)
+        if addends is not None:
+            owner.store_addends(None, addends)
         return hidden
 
-    def _static_forward(self, ids: torch.Tensor, plan: DecodePlan,
-                        stored: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _static_forward(self, ids: torch.Tensor, plan: DecodePlan, stored: torch.Tensor | None,
+                        addends: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The block decoder runs all B rows (K/V stored only for closing
-        tokens), the token decoder B x R. Returns the hidden states [B,
-        hidden] and each request's piece to store."""
-        R, hidden_size = self.R, self.config.token_hidden_size
+        tokens), the token decoder B x lead. Returns the hidden states [B,
+        hidden] and each request's piece (and "summation" addends) to store."""
+        hidden_size = self.config.token_hidden_size
         B = plan.closes.shape[0]
         ids = ids[:B]
         closes = plan.closes != 0
         emb, piece = self._static_block_embeddings(self.embedder(ids), plan, closes, stored)
         ctx = self.block_decoder(self._block_embedding(emb), plan.block_pos)
-        prefix_rows = self.expansion(ctx)[0].view(B, R, hidden_size)
-        rows = torch.where(closes[:, None, None], prefix_rows,
-                           self.token_embed(ids)[:, None, :])
-        hidden = self.token_decoder(rows.view(B * R, hidden_size), plan.row_pos.reshape(-1),
+        expanded = self.expansion(ctx)[0].view(B, self.R, hidden_size)
+        x = self.token_embed(ids)[:, None, :]
+        if addends is not None:  # "summation": vector j+1 of the open block's context
+            x = x + addends[torch.arange(B, device=x.device), plan.pending_idx][:, None]
+            addends = torch.where(closes[:, None, None], expanded[:, 1:], addends)
+        rows = torch.where(closes[:, None, None], self._lead_inputs(expanded), x)
+        hidden = self.token_decoder(rows.view(-1, hidden_size), plan.row_pos.reshape(-1),
                                     plan.out_row)
         # a token of block 0 without context (see step_plan.py): zero logits
-        return torch.where(plan.has_context[:, None] != 0, hidden, 0), piece
+        return torch.where(plan.has_context[:, None] != 0, hidden, 0), piece, addends
 
     def _static_block_embeddings(self, pieces: torch.Tensor, plan: DecodePlan,
                                  closes: torch.Tensor, stored: torch.Tensor | None
@@ -211,6 +251,15 @@ class BlockTransformerForCausalLM(nn.Module):
             self.pad_piece = self.embedder(pad)[0]
         return self.pad_piece
 
+    def _start(self) -> torch.Tensor:
+        """"summation": the start token's token-decoder embedding (the input
+        before a block's first token, with expansion vector 0), computed once."""
+        if self.start_embedding is None:
+            start = torch.tensor([self.config.bos_token_id],
+                                 device=self.token_embed.weight.device)
+            self.start_embedding = self.token_embed(start)[0]
+        return self.start_embedding
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)
 
@@ -230,7 +279,7 @@ class BlockTransformerForCausalLM(nn.Module):
                                  f"{tuple(expected[name])}")
             self._load_weight(name, params[name], weight)
             loaded.add(name)
-        self.pad_piece = None  # recomputed from the loaded embedder
+        self.pad_piece = self.start_embedding = None  # recomputed from the loaded weights
         missing = sorted(set(expected) - loaded)
         if missing:
             raise ValueError(f"checkpoint misses {len(missing)} weight(s), e.g. {missing[0]!r}")

@@ -82,20 +82,7 @@ def _choose_block_size(vllm_config) -> None:
     check_block_size(cache.block_size, L)
 
 
-# What the vLLM model serves of each checkpoint option (config.py); the
-# reference model (`vllm-block reference-generate`) serves them all.
-SERVED = {"embedder_projection": "concat", "decoding_strategy": "prefix"}
-
-
 def _refuse_unsupported(vllm_config) -> None:
-    hf = vllm_config.model_config.hf_config
-    for field, served in SERVED.items():
-        value = getattr(hf, field, served)
-        if value != served:
-            raise ValueError(
-                f"{field}={value!r} is not served by vLLM yet (only {served!r}); the "
-                f"converted checkpoint runs with the reference model: vllm-block "
-                f"reference-generate MODEL_DIR --prompt ...")
     if vllm_config.speculative_config is not None:
         raise ValueError(
             "speculative decoding is not supported for Block Transformer "

@@ -99,7 +99,7 @@ class StepMode:
 
 
 def compile_static_step(step: Callable, vllm_config) -> Callable:
-    """`step(ids, plan, pieces)` compiled with the inductor options vLLM's
+    """`step(ids, plan, pieces, addends)` compiled with the inductor options vLLM's
     platform set. vLLM's compile settings make shapes static by default: the
     batch is marked dynamic (one graph for all B > 1, compiled at the first
     step of that kind: the caches' strides are known then). The layers' state
@@ -109,10 +109,10 @@ def compile_static_step(step: Callable, vllm_config) -> Callable:
     options = dict(vllm_config.compilation_config.inductor_compile_config)
     compiled = torch.compile(step, dynamic=True, fullgraph=True, options=options)
 
-    def run(ids, plan, pieces):
-        for t in (ids, *(getattr(plan, f.name) for f in fields(plan)), pieces):
+    def run(ids, plan, pieces, addends):
+        for t in (ids, *(getattr(plan, f.name) for f in fields(plan)), pieces, addends):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
-        return compiled(ids, plan, pieces)
+        return compiled(ids, plan, pieces, addends)
 
     return run

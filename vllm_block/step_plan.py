@@ -53,6 +53,10 @@ class StepPlan:
     pending_idx: np.ndarray  # their in-block index
     open_rows: np.ndarray  # [M_open] open-block tokens fed to the token decoder
     end_with_rows: np.ndarray  # [E'] closed blocks whose R prefix rows are computed
+    open_opener: np.ndarray  # [M_open] the end_with_rows entry whose context its
+    #                          block reads, -1: one closed in an earlier step
+    addend_end: np.ndarray  # end_with_rows entries that open a request's last block
+    addend_req: np.ndarray  # their requests
     row_pos: np.ndarray  # [M] token-decoder position of each row (0..R+L-2)
     row_win: np.ndarray  # [M] window of each row
     win_req: np.ndarray  # [W]
@@ -141,6 +145,14 @@ def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_len
         open_rows, end_with_rows = open_token, np.arange(len(block_end))
     end_rows = block_end[end_with_rows]
     num_open = len(open_rows)
+    # which computed context each open row's block reads ("summation" adds
+    # its expansion vectors to the inputs): key (request, block it opens)
+    key_of = np.int64(t.block.max(initial=0) + 2)
+    opened = t.req[end_rows] * key_of + t.block[end_rows] + 1
+    wanted = t.req[open_rows] * key_of + t.block[open_rows]
+    at = np.minimum(np.searchsorted(opened, wanted), max(len(opened) - 1, 0))
+    found = (opened[at] == wanted) if len(opened) else np.zeros(num_open, dtype=bool)
+    last = np.flatnonzero(t.block[end_rows] + 1 == t.last_block[t.req[end_rows]])
     return StepPlan(
         num_tokens=len(t.req), block_end=block_end, end_req=end_req,
         end_block=t.block[block_end],
@@ -149,6 +161,7 @@ def build_step_plan(query_start_loc: np.ndarray, seq_lens: np.ndarray, block_len
         piece_is_pad=(src_pos < 0).reshape(-1, L),
         pending_token=pending_token, pending_req=t.req[pending_token],
         pending_idx=t.j[pending_token], open_rows=open_rows, end_with_rows=end_with_rows,
+        open_opener=np.where(found, at, -1), addend_end=last, addend_req=t.req[end_rows[last]],
         **_windows(t, open_rows, end_rows, R, L, last_windows_only),
         out_token=np.concatenate([open_rows, end_rows]),
         out_row=np.concatenate([np.arange(num_open),

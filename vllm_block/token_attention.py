@@ -8,10 +8,12 @@ prefix (`attn_metadata[self.prefix]`, as vLLM's Mamba layers do), gathers its
 windows, writes the step's K/V, attends (window_attention.py) and writes its
 state back, all in `forward`.
 
-State per request and layer: `kv_cache[0]` [2, R+L-1, heads, head_dim] (K and
-V of the window's prefix and the open block's tokens) and `kv_cache[1]`
-[max(L-1, 1), D_block / L] (the open block's embedding pieces). Only the
-first layer's pieces are read and written (`stored_pieces`, `store_pieces`):
+State per request and layer: `kv_cache[0]` [2, lead+L-1, heads, head_dim] (K
+and V of the window's lead positions and the open block's tokens),
+`kv_cache[1]` [max(L-1, 1), D_block / L] (the open block's embedding pieces)
+and, for "summation", `kv_cache[2]` [max(L-1, 1), token hidden] (the open
+block's expansion vectors 1..L-1, added to its tokens' inputs). Only the
+first layer's pieces and addends are read and written (`stored_pieces`...):
 vLLM groups cache layers by identical specs and sizes every group alike, so
 giving the pieces to one layer only would split that layer into a group of
 its own and cost far more than the unused pieces (which fit in the padding
@@ -111,12 +113,14 @@ class TokenWindowAttention(nn.Module, MambaBase):
     per-request state it keeps between steps."""
 
     def __init__(self, num_heads: int, head_dim: int, *, window: int,
-                 pieces_shape: tuple[int, int], dtype: torch.dtype, planner: StepPlanner,
-                 prefix: str) -> None:
+                 pieces_shape: tuple[int, int], addends_shape: tuple[int, int] | None,
+                 dtype: torch.dtype, planner: StepPlanner, prefix: str) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.window = num_heads, head_dim, window
         self.shapes = [(2, window, num_heads, head_dim), pieces_shape]
-        self.dtypes = (dtype, dtype)
+        if addends_shape is not None:  # "summation": kv_cache[2]
+            self.shapes.append(addends_shape)
+        self.dtypes = (dtype,) * len(self.shapes)
         self.planner = planner  # the metadata builder's source of the step's plan
         self.prefix = prefix
         ctx = get_current_vllm_config().compilation_config.static_forward_context
@@ -177,6 +181,16 @@ class TokenWindowAttention(nn.Module, MambaBase):
                      pieces: torch.Tensor) -> None:
         slot = self.metadata().state_slot
         self.kv_cache[1][slot if request is None else slot[request], index] = pieces
+
+    def stored_addends(self, request: torch.Tensor | None = None) -> torch.Tensor:
+        """"summation": the expansion vectors 1..L-1 of each listed request's
+        open block, [n, max(L-1, 1), token hidden] (all of the step's when None)."""
+        slot = self.metadata().state_slot
+        return self.kv_cache[2][slot if request is None else slot[request]]
+
+    def store_addends(self, request: torch.Tensor | None, addends: torch.Tensor) -> None:
+        slot = self.metadata().state_slot
+        self.kv_cache[2][slot if request is None else slot[request]] = addends
 
     # -- the state's declaration (MambaBase) --------------------------------
     def get_state_shape(self) -> list[tuple[int, ...]]:

@@ -1,5 +1,5 @@
-"""The token decoder: GPT-NeoX over [prefix_1..R, x_0..x_{L-2}] of one block
-at a time, each layer attending within the block's window over a bounded
+"""The token decoder: GPT-NeoX over [prefix_1..R, x_0..x_{L-2}] ("prefix") or
+[start + e_0, x_0 + e_1, .., x_{L-2} + e_{L-1}] ("summation") of one block at a time, each layer attending within the block's window over a bounded
 per-request state (token_attention.py) instead of a growing KV cache."""
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from .token_attention import TokenWindowAttention
 
 class TokenSelfAttention(NeoXSelfAttention):
     def __init__(self, dims: DecoderDims, window: int, pieces_shape: tuple[int, int],
-                 dtype: torch.dtype, planner: StepPlanner,
-                 quant_config: QuantizationConfig | None, prefix: str,
+                 addends_shape: tuple[int, int] | None, dtype: torch.dtype,
+                 planner: StepPlanner, quant_config: QuantizationConfig | None, prefix: str,
                  cache_name: str) -> None:
         super().__init__(dims, window, quant_config, prefix)
         self.attn = TokenWindowAttention(self.num_heads, self.head_dim, window=window,
-                                         pieces_shape=pieces_shape, dtype=dtype,
+                                         pieces_shape=pieces_shape,
+                                         addends_shape=addends_shape, dtype=dtype,
                                          planner=planner, prefix=cache_name)
 
 
@@ -37,9 +38,12 @@ class TokenDecoder(nn.Module):
         super().__init__()
         dims = config.decoder_dims("token")
         pieces_shape = (max(config.block_length - 1, 1), config.embedder_hidden_size)
+        addends_shape = (max(config.block_length - 1, 1), config.token_hidden_size) \
+            if config.decoding_strategy == "summation" else None
         self.layers = nn.ModuleList(
             NeoXLayer(dims, TokenSelfAttention(
-                dims, config.token_cache_length, pieces_shape, dtype, planner, quant_config,
+                dims, config.token_cache_length, pieces_shape, addends_shape, dtype, planner,
+                quant_config,
                 prefix=f"{prefix}.layers.{i}.attention",
                 cache_name=f"{prefix}.state.{first_cache_index + i}"),
                 quant_config, prefix=f"{prefix}.layers.{i}")
