@@ -40,7 +40,7 @@ SCHEDULER = f"{__name__}.salting_scheduler"
 
 def has_per_request_pads(config) -> bool:
     """Whether some prompt lengths get a pad count other than the usual one."""
-    usual = config.virtual_pad(config.max_position_embeddings)
+    usual = config.usual_virtual_pad
     return any(config.virtual_pad(t) != usual for t in range(1, config.block_length))
 
 
@@ -67,7 +67,7 @@ class VirtualPads(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.vllm_config = vllm_config
         self.config = vllm_config.model_config.hf_config
-        self.usual = self.config.virtual_pad(self.config.max_position_embeddings)
+        self.usual = self.config.usual_virtual_pad
         self.pads: dict[int, int] | None = None  # the planner's, once the model exists
 
     def _pad(self, params, prompt_tok_ids: list[int] | None, output_tok_ids) -> int | None:
@@ -91,7 +91,7 @@ def salt_request(request, config) -> None:
     """Key `request`'s prefix-cache pages by its pad count when it is not
     the usual one (see the module docstring)."""
     pad = config.virtual_pad(request.num_prompt_tokens)
-    if pad == config.virtual_pad(config.max_position_embeddings):
+    if pad == config.usual_virtual_pad:
         return
     request.cache_salt = f"{request.cache_salt or ''}|block_transformer.virtual_pad={pad}"
     request.block_hashes = []

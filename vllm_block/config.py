@@ -236,6 +236,12 @@ class BlockTransformerConfig(PretrainedConfig):
         return virtual_pad_length(self.alignment, self.block_length, prompt_length)
 
     @property
+    def usual_virtual_pad(self) -> int:
+        """Virtual pad tokens before a prompt of at least one block: every
+        request's count but a "nopad" model's shorter prompts'."""
+        return self.virtual_pad(self.max_position_embeddings)
+
+    @property
     def max_num_blocks(self) -> int:
         """Block-decoder positions needed for max_position_embeddings tokens."""
         return num_block_positions(self.max_position_embeddings, self.block_length)

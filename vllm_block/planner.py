@@ -56,7 +56,7 @@ class StepPlanner:
         # batch index -> virtual pad count where it is not `usual_pad`
         # (kept by alignment.VirtualPads; empty for "pad" models)
         self.virtual_pads: dict[int, int] = {}
-        self.usual_pad = hf.virtual_pad(hf.max_position_embeddings)
+        self.usual_pad = hf.usual_virtual_pad
         self.mode = StepMode.of(vllm_config)
         self.fast_prefill = fast_prefill.enabled(vllm_config)  # skip prompt rows
         self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
