@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true",
                     help="vLLM's default compilation instead of --enforce-eager (the parts "
                          "inside a compiled step are then not timed separately)")
+    ap.add_argument("--by-shape", action="store_true",
+                    help="also write the op table grouped by input shapes (.shapes.txt)")
     ap.add_argument("--tag", default="", help="suffix of the file names")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/vllm_block_bench"))
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -136,7 +138,9 @@ def main() -> None:
     import torch
     from vllm import LLM, SamplingParams
 
-    peaks = measure_peaks("cpu", seconds=0.5)
+    # a shared machine's rates drift: the peaks are measured before the engine
+    # starts and again after the timed steps, and the higher of each is used
+    peaks_before = measure_peaks("cpu", seconds=0.5)
     args.cache.mkdir(parents=True, exist_ok=True)
     path = make_checkpoint(args.model, "block", args.dtype, args.cache)
     warmup = 4
@@ -207,11 +211,14 @@ def main() -> None:
     decode = [s for i, s in enumerate(timers.steps[first:], first) if pure_decode(i)]
     assert len(decode) == args.steps, "a request finished during the measured steps"
     first = len(scheduled)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=args.by_shape) as prof:
         for _ in range(args.profile_steps):
             engine.step()
     assert all(pure_decode(i) for i in range(first, len(scheduled)))
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    peaks_after = measure_peaks("cpu", seconds=0.5)
+    peaks = {k: max(v, peaks_after[k]) for k, v in peaks_before.items()}
 
     parts = ["metadata_build", "block_decoder", "token_decoder", "block_decoder_attention",
              "token_decoder_attention", "lm_head", "model_forward", "engine_step"]
@@ -261,12 +268,14 @@ def main() -> None:
                 mean["block_decoder_attention"] / limits_ms["block_attention_kv_read"], 2),
             "lm_head / its GEMM": round(mean["lm_head"] / limits_ms["lm_head_gemm"], 2)},
         "decode_steps_measured": len(decode),
+        "engine_step_ms": [round(s["engine_step"] * 1e3, 2) for s in decode],
         "prefill_s": round(prefill_s, 1),
         # decode-only rate at this batch and context, and its roofline limit
         "decode_tokens_per_s": round(args.batch / mean["engine_step"] * 1e3, 1),
         "decode_roofline": roofline,
         "step_limit_ms": round(step_limit_ms, 3),
         "peaks": peaks,
+        "peaks_before_and_after": [peaks_before, peaks_after],
         "throughput_run": source.get("throughput_run"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
@@ -280,6 +289,9 @@ def main() -> None:
     (args.out / f"{stem}.ops.txt").write_text(
         f"torch.profiler, {args.profile_steps} pure decode steps, self CPU time "
         f"(python benchmarks/profile_decode.py {' '.join(sys.argv[1:])})\n\n{ops}\n")
+    if args.by_shape:
+        (args.out / f"{stem}.shapes.txt").write_text(prof.key_averages(
+            group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=60))
     print(json.dumps(result, indent=2))
     print(ops)
 
