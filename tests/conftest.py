@@ -33,6 +33,12 @@ def no_engine_unless_marked(request, monkeypatch):
         monkeypatch.setenv("VLLM_PLUGINS", "none-outside-engine-tests")
 
 
+@pytest.fixture
+def one_core_per_rank(monkeypatch):
+    """Binds each rank of a 2-way parallel engine on CPU to its own core."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+
+
 @pytest.fixture(scope="session")
 def tiny_b4_original() -> Path:
     """The original-format checkpoint dir of the tiny fixture (read-only)."""

@@ -43,6 +43,14 @@ def copy_family(name: str, dst: Path) -> Path:
     return dst
 
 
+def converted(tmp_path_factory, name: str) -> Path:
+    """A fixture's original checkpoint converted into a Hugging Face dir (fp32)."""
+    from vllm_block.convert import convert
+
+    root = tmp_path_factory.mktemp(name)
+    return convert(copy_family(name, root / "original"), root / "hf")
+
+
 def case_id(case: dict) -> str:
     return f"prompt_len{len(case['prompt'])}"
 

@@ -4,12 +4,15 @@ code's ground truth (tests/fixtures/, made by scripts/make_original_fixtures.py)
 - `b1` (L = 1, R = 1, the `block_vanilla_ablation_b1_85` layout): its
   fixture, and an L = 1, R = 1 model with head size 32 against the reference
   model (with and without fast prefill).
-- `nopad_b4` (the `block_main_b4_{300,800,1.2b}` layout): two engines. One
-  with default scheduling plus prefix caching (pages of 64 tokens), chunked
-  prefill (64-token budget) and the static decode step: every fixture case
-  in one batch, the original forward()'s logits as prompt logprobs, prefix
-  cache hits, short and long layouts of the same tokens in one batch. One
-  with fast prefill, chunks ending at every in-block index and preemption.
+- `nopad_b4` (the `block_main_b4_{300,800,1.2b}` layout): three engines.
+  One with default scheduling plus prefix caching (pages of 64 tokens),
+  chunked prefill (64-token budget) and the static decode step: every
+  fixture case in one batch, the original forward()'s logits as prompt
+  logprobs, prefix cache hits, short and long layouts of the same tokens in
+  one batch. One with fast prefill, chunks ending at every in-block index
+  and preemption. One with prefix caching under memory pressure: a short
+  prompt recomputed after preemption never reuses the cached pages of a long
+  prompt made of the same tokens.
 - `uptrain_b4` (`projection_layer`) and `megabyte_b4` (`summation`, token
   decoder narrower than the block decoder): one engine as vLLM ships (every
   fixture case with prompt logprobs), one with fast prefill, odd chunks,
@@ -26,7 +29,7 @@ import torch
 
 from engine import (check_against_cases, check_against_reference, engine,
                     greedy_params, metric, token_prompts)
-from families import cases, copy_family, forward_fixture
+from families import cases, converted, forward_fixture
 from test_vllm_random_configs import check_random_config
 from test_vllm_scheduling import random_prompts
 
@@ -35,13 +38,6 @@ pytestmark = pytest.mark.engine  # starts vLLM engines (make test-fast skips it)
 VOCAB = 256  # every family fixture's
 NOPAD = cases("nopad_b4")
 NEW = len(NOPAD[0]["greedy"])
-
-
-def converted(tmp_path_factory, name: str):
-    from vllm_block.convert import convert
-
-    root = tmp_path_factory.mktemp(name)
-    return convert(copy_family(name, root / "original"), root / "hf")
 
 
 def test_b1_layout_matches_reference(tmp_path):
@@ -133,6 +129,30 @@ def test_nopad_short_and_long_layouts_of_the_same_tokens_in_one_batch(nopad_llm,
                                  greedy_params(12, prompt_logprobs=None))
     check_against_reference(nopad_model, [long_prompt, short], outputs)
     assert list(outputs[1].outputs[0].token_ids) == list(first.outputs[0].token_ids)[:12]
+
+
+def test_nopad_short_prompt_recomputed_after_preemption_keeps_its_own_layout(nopad_dir,
+                                                                              nopad_model):
+    """A 1-token prompt keeps 3 virtual pads for its whole life. Here it grows
+    past a page, is preempted and recomputed; rescheduled, vLLM looks its full
+    pages up in the prefix cache, which already holds a long prompt of the
+    same tokens (no pads: another layout). The pad count in the short
+    request's cache salt (alignment.salt_request) keeps those pages apart:
+    with the salt removed this test fails (the recompute reuses the long
+    prompt's first page; checked by hand when the test was written)."""
+    short, new = [37], 200
+    long_prompt = nopad_model.generate(torch.tensor([short]), max_new_tokens=130)[0].tolist()
+    other = random_prompts(4, [150], vocab=VOCAB)[0]
+    prompts = [long_prompt, other, short]  # the last admitted is the first preempted
+    # 15 pages of 64 tokens (one state page per request): the short request
+    # is preempted at about 108 tokens, then at about 123
+    with engine(nopad_dir, enable_prefix_caching=True, block_size=64,
+                num_gpu_blocks_override=15) as llm:
+        llm.generate(token_prompts([long_prompt]), greedy_params(1, None, None))  # caches 2 pages
+        outputs = llm.generate(token_prompts(prompts), greedy_params(new, prompt_logprobs=None))
+        assert metric(llm, "vllm:num_preemptions") > 0, "no preemption happened"
+    assert outputs[0].num_cached_tokens >= 128, outputs[0].num_cached_tokens
+    check_against_reference(nopad_model, prompts, outputs)
 
 
 def test_nopad_fast_prefill_odd_chunks_and_preemption_match_ground_truth(nopad_dir,

@@ -14,12 +14,6 @@ from vllm_block.tools.serving import vllm_serve
 
 CASES = greedy_cases()
 NEW = len(CASES[0]["greedy"])
-BIND = "0|1"
-
-
-@pytest.fixture
-def one_core_per_rank(monkeypatch):
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", BIND)
 
 
 @pytest.mark.engine
