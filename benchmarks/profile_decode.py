@@ -144,14 +144,17 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     path = make_checkpoint(args.model, "block", args.dtype, args.cache)
     warmup = 4
-    # every request decodes through the measured steps (none finishes)
-    new_tokens = args.context * args.batch // 2048 + warmup + args.steps \
-        + args.profile_steps + 16
+    # every request decodes through the measured steps (none finishes): the
+    # first request admitted decodes a token in every step of the batch's
+    # prefill, whose 2048-token budget the running requests' decodes share
+    budget = max(2048, args.batch)
+    fill_steps = -(-args.context * args.batch // max(budget - args.batch, budget // 8))
+    new_tokens = fill_steps + warmup + args.steps + args.profile_steps + 16
     llm = LLM(model=str(path), skip_tokenizer_init=True, dtype=args.dtype,
               enforce_eager=not args.compiled,
               additional_config={"block_transformer_decode": args.decode},
               max_model_len=args.context + new_tokens + 8,
-              max_num_seqs=args.batch, max_num_batched_tokens=max(2048, args.batch),
+              max_num_seqs=args.batch, max_num_batched_tokens=budget,
               kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)), block_size=args.block_size,
               enable_prefix_caching=False, seed=0,
               kv_sharing_fast_prefill=args.fast_prefill)
