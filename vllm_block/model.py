@@ -20,6 +20,7 @@ layout (what CUDA graphs capture and torch.compile compiles; step_mode.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 import torch
 from torch import nn
@@ -34,37 +35,13 @@ from vllm.sequence import IntermediateTensors
 
 from .block_decoder import BlockDecoder
 from .config import BlockTransformerConfig
+from .logits import FloatLogits
 from .planner import StepPlanner
 from .profile_run import worst_case_step
 from .step_mode import compile_static_step
 from .step_plan import DecodePlan, StepPlan
 from .token_attention import step_metadata
 from .token_decoder import TokenDecoder
-
-
-class FloatLogits:
-    """Logits converted to float32 (what vLLM's sampler converts them to) in
-    a buffer kept from step to step. On CPU a fresh [B, vocab] float32 tensor
-    is larger than glibc's mmap threshold (32 MiB) from about 170 requests of
-    a 50k vocabulary: it was mapped and page-faulted anew every step (15 ms of
-    a 114 ms decode step at B = 256, docs/benchmarks.md). The sampler uses the
-    logits within the step; the next step's overwrite them."""
-
-    def __init__(self, max_rows: int) -> None:
-        self.max_rows = max_rows
-        self.buffer: torch.Tensor | None = None
-
-    def __call__(self, logits: torch.Tensor | None) -> torch.Tensor | None:
-        if logits is None or logits.dtype == torch.float32:
-            return logits
-        rows = logits.shape[0]
-        if rows > self.max_rows:  # prompt logprobs of a long chunk: not kept
-            return logits.float()
-        if self.buffer is None or self.buffer.shape[1:] != logits.shape[1:] \
-                or self.buffer.device != logits.device:
-            self.buffer = torch.empty((self.max_rows, *logits.shape[1:]),
-                                      dtype=torch.float32, device=logits.device)
-        return self.buffer[:rows].copy_(logits)
 
 
 class BlockTransformerForCausalLM(nn.Module):
@@ -103,7 +80,10 @@ class BlockTransformerForCausalLM(nn.Module):
                                       prefix=f"{prefix}lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
         # float32 logits of up to max_num_seqs rows, kept from step to step
-        self.float_logits = FloatLogits(vllm_config.scheduler_config.max_num_seqs)
+        self.float_logits = FloatLogits(
+            vllm_config.scheduler_config.max_num_seqs,
+            config.vocab_size * vllm_config.model_config.dtype.itemsize,
+            vllm_config.device_config.device_type)
         self.pad_piece: torch.Tensor | None = None  # the virtual pad's embedding piece
         self.summation = config.decoding_strategy == "summation"
         self.start_embedding: torch.Tensor | None = None  # "summation"'s start token
@@ -288,7 +268,7 @@ class BlockTransformerForCausalLM(nn.Module):
         return self.start_embedding
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.float_logits(self.logits_processor(self.lm_head, hidden_states))
+        return self.float_logits(partial(self.logits_processor, self.lm_head), hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         from .reference import checkpoint_shapes
