@@ -40,7 +40,7 @@ def test_bfloat16_teacher_forced_logprobs_are_close_to_fp32_ground_truth(tiny_b4
 def test_bfloat16_sampled_and_prompt_logprobs_in_one_batch_stay_close_to_ground_truth(
         tiny_b4_dir):
     """The model hands the sampler float32 logits in a buffer kept from step
-    to step (model.FloatLogits); in steps that both sample (logprobs of the
+    to step (vllm_block/logits.py); in steps that both sample (logprobs of the
     chosen token) and score prompts (prompt logprobs, computed after
     sampling), neither reads the other's logits."""
     forced = [c["prompt"] + c["greedy"] for c in CASES]

@@ -39,7 +39,7 @@ class FloatLogits:
         rows = hidden.shape[0]
         step = min(self.chunk or rows, rows) or 1
         out = None
-        for start in range(0, max(rows, 1), step):
+        for start in range(0, max(rows, 1), step):  # one call for an empty batch too
             part = lm_head(hidden[start:start + step])
             if part is None:  # a tensor-parallel rank without the gathered logits
                 return None
